@@ -1,0 +1,181 @@
+"""Reading images and kernels into [0, 1] tensors, and writing results.
+
+Images come back as ``(1, C, H, W)`` float32 in [0, 1]; kernels as ``(1, 1, k, k)`` float64 normalised to
+sum 1 in the **true-convolution** convention of :mod:`lit_blind.physics`. Files that store correlation
+kernels (Levin et al. 2009: the blurred image is ``correlate2d(x, k)``) are flipped here, by the loader,
+and never later: pass ``correlation=True`` or use :func:`read_levin_kernels`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _read_mat(path: Path, key: str | None) -> np.ndarray | list[np.ndarray]:
+    """A MATLAB variable: scipy for v4–v7.2 files, h5py for v7.3 (HDF5). Cells become lists."""
+    try:
+        from scipy.io import loadmat
+
+        data = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+        hdf5 = None
+    except NotImplementedError:  # v7.3
+        import h5py
+
+        hdf5 = h5py.File(path, "r")
+        data = {k: hdf5[k] for k in hdf5.keys() if not k.startswith("#")}
+    if key is None:
+        if len(data) != 1:
+            raise ValueError(f"key must name one of the variables {sorted(data)} in {path}, got None")
+        key = next(iter(data))
+    if key not in data:
+        raise ValueError(f"key must be one of {sorted(data)} in {path}, got {key!r}")
+    value = data[key]
+    if hdf5 is not None:
+        raw = value[()]
+        if raw.dtype == object:  # cell array of references; h5py reads MATLAB arrays transposed
+            out = [np.asarray(hdf5[ref][()]).T for ref in raw.ravel()]
+        else:
+            out = np.asarray(raw).T
+        hdf5.close()
+        return out
+    if value.dtype == object:
+        return [np.asarray(v) for v in value.ravel()]
+    return np.asarray(value)
+
+
+def _to_unit_range(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise ValueError(
+            f"image values in {path} must be finite and in [0, 1] (or uint8/uint16), "
+            f"got range [{np.nanmin(a)}, {np.nanmax(a)}]"
+        )
+    return a
+
+
+def read_image(path: str | Path, channels: int | None = None, key: str | None = None) -> Tensor:
+    """Read PNG/JPEG/BMP/TIFF, ``.npy`` (H×W or H×W×C) or ``.mat`` into a ``(1, C, H, W)`` tensor in [0, 1].
+
+    ``channels`` = 1 or 3 converts (gray ↔ RGB) explicitly; None keeps the file's own channels and raises
+    for modes other than gray / RGB (e.g. RGBA) instead of guessing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path must be an existing image file, got {str(path)!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if channels is not None:
+                im = im.convert("L" if channels == 1 else "RGB")
+            elif im.mode not in ("L", "RGB", "I;16"):
+                raise ValueError(f"{path} has mode {im.mode!r}; pass channels=1 or 3 to convert it")
+            a = np.asarray(im)
+    elif suffix == ".npy":
+        a = np.load(path)
+    elif suffix == ".mat":
+        a = _read_mat(path, key)
+        if isinstance(a, list):
+            raise ValueError(f"key must name an array in {path}, got a cell array")
+    else:
+        raise ValueError(f"path must end in one of {IMAGE_SUFFIXES + ('.npy', '.mat')}, got {str(path)!r}")
+    a = _to_unit_range(np.asarray(a), path)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3):
+        raise ValueError(f"image in {path} must be H×W or H×W×C with C in (1, 3), got shape {a.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+    if channels is not None and x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(1, 3, *x.shape[-2:])
+    return x.contiguous()
+
+
+def _kernel_tensor(a: np.ndarray, path: Path, correlation: bool) -> Tensor:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3 and a.shape[2] in (1, 3, 4):  # an RGB(A) PNG of a gray kernel
+        a = a[:, :, 0]
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] % 2 == 0:
+        raise ValueError(f"kernel in {path} must be square with an odd size, got shape {a.shape}")
+    if not np.isfinite(a).all() or a.min() < 0 or a.sum() <= 0:
+        raise ValueError(f"kernel in {path} must be finite, non-negative and non-zero")
+    if correlation:
+        a = a[::-1, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(a / a.sum()))[None, None]
+
+
+def read_kernel(path: str | Path, correlation: bool = False, key: str | None = None) -> Tensor:
+    """Read a kernel (PNG, ``.npy`` or ``.mat``) as ``(1, 1, k, k)`` float64 normalised to sum 1.
+
+    ``correlation=True`` flips it by 180°, for files that store correlation kernels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path must be an existing kernel file, got {str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            a = np.asarray(im)
+    elif suffix == ".npy":
+        a = np.load(path)
+    elif suffix == ".mat":
+        a = _read_mat(path, key)
+        if isinstance(a, list):
+            raise ValueError(f"{path} holds a cell array of kernels; use read_kernels")
+    else:
+        raise ValueError(f"path must be a .png, .npy or .mat kernel file, got {str(path)!r}")
+    return _kernel_tensor(a, path, correlation)
+
+
+def read_kernels(path: str | Path, correlation: bool = False, key: str | None = None) -> list[Tensor]:
+    """Read a ``.mat`` cell array of kernels (e.g. ``Levin09.mat``) as a list of ``(1, 1, k, k)`` tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path must be an existing .mat file, got {str(path)!r}")
+    cells = _read_mat(path, key)
+    if not isinstance(cells, list):
+        cells = [cells]
+    return [_kernel_tensor(c, path, correlation) for c in cells]
+
+
+def read_levin_kernels(path: str | Path) -> list[Tensor]:
+    """The 8 Levin et al. 2009 kernels from ``Levin09.mat`` (or a folder of ``levin_kernel{j}.npy``), flipped
+    from their correlation convention to true convolution."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("levin_kernel*.npy"), key=lambda p: int(p.stem.removeprefix("levin_kernel")))
+        if not files:
+            raise ValueError(f"path must hold levin_kernel{{j}}.npy files, none found in {path}")
+        return [read_kernel(f, correlation=True) for f in files]
+    return read_kernels(path, correlation=True, key="kernels")
+
+
+def write_image(path: str | Path, x: Tensor) -> None:
+    """Write one image ``(1, C, H, W)`` or ``(C, H, W)`` in [0, 1] as an 8-bit PNG (values are clipped to
+    [0, 1] for quantisation only; the tensor itself is not modified)."""
+    from PIL import Image
+
+    x = x.detach().cpu()
+    if x.ndim == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"x must hold one image, got shape {tuple(x.shape)}")
+        x = x[0]
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"x must have shape (1|3, H, W), got {tuple(x.shape)}")
+    a = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(path)

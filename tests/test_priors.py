@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lit_blind.kernels import family
+from lit_blind.physics import blur
+from lit_blind.priors import GaussianMixturePrior, GaussianPrior, Prior
+
+D = torch.float64
+
+
+def _priors(gen):
+    means = torch.rand(5, 1, 17, 15, generator=gen, dtype=D)
+    return {
+        "gaussian": (GaussianPrior(), torch.rand(2, 1, 33, 29, generator=gen, dtype=D)),
+        "gaussian_rgb": (GaussianPrior(channels=3, mean=0.2), torch.rand(2, 3, 17, 15, generator=gen, dtype=D)),
+        "mixture": (
+            GaussianMixturePrior(means, std=0.3, weights=[1, 2, 3, 4, 5]),
+            means[:2] + 0.2 * torch.randn(2, 1, 17, 15, generator=gen, dtype=D),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["gaussian", "gaussian_rgb", "mixture"])
+@pytest.mark.parametrize("sigma", [0.01, 0.5, torch.tensor([0.05, 3.0], dtype=D)])
+def test_score_denoise_hvp_against_autograd(gen, name, sigma):
+    prior, x = _priors(gen)[name]
+    x = x.clone().requires_grad_()
+    logp = prior.log_prob(x, sigma)
+    assert logp.shape == (2,)
+    (grad,) = torch.autograd.grad(logp.sum(), x, create_graph=True)
+    score = prior.score(x, sigma)
+    torch.testing.assert_close(score, grad, rtol=1e-9, atol=1e-9)
+    s = torch.as_tensor(sigma, dtype=D).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(prior.denoise(x, sigma), x + s**2 * score)
+    v = torch.randn(x.shape, generator=gen, dtype=D)
+    (hv,) = torch.autograd.grad(-(grad * v).sum(), x)
+    torch.testing.assert_close(prior.hvp(x.detach(), v, sigma), hv, rtol=1e-8, atol=1e-8)
+
+
+def test_gaussian_log_prob_equals_dense_covariance(gen):
+    prior = GaussianPrior(mean=0.3)
+    h, w, sigma = 5, 4, 0.2
+    # the covariance built column by column from the FFT definition, then a dense Gaussian log-density
+    eye = torch.eye(h * w, dtype=D).reshape(h * w, 1, h, w)
+    spec = prior.spectrum(h, w)
+    cols = torch.fft.ifft2(torch.fft.fft2(eye, norm="ortho") * spec, norm="ortho").real
+    cov = cols.reshape(h * w, h * w) + sigma**2 * torch.eye(h * w, dtype=D)
+    x = torch.rand(3, 1, h, w, generator=gen, dtype=D)
+    dense = torch.distributions.MultivariateNormal(torch.full((h * w,), 0.3, dtype=D), cov)
+    torch.testing.assert_close(prior.log_prob(x, sigma), dense.log_prob(x.flatten(1)))
+
+
+def test_mixture_log_prob_against_direct_sum(gen):
+    means = torch.rand(4, 2, 5, 3, generator=gen, dtype=D)
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=D)
+    prior = GaussianMixturePrior(means, std=0.4, weights=w)
+    x = torch.rand(3, 2, 5, 3, generator=gen, dtype=D)
+    sigma = 0.3
+    var = 0.4**2 + sigma**2
+    d = means[0].numel()
+    direct = torch.zeros(3, dtype=D)
+    for k in range(4):
+        sq = (x - means[k]).flatten(1).pow(2).sum(1)
+        direct += w[k] * torch.exp(-sq / (2 * var)) / (2 * math.pi * var) ** (d / 2)
+    torch.testing.assert_close(prior.log_prob(x, sigma), torch.log(direct))
+
+
+def test_mixture_is_stable_at_large_size(gen):
+    means = torch.rand(200, 3, 128, 128, generator=gen)
+    prior = GaussianMixturePrior(means, std=0.01)
+    x = torch.rand(1, 3, 128, 128, generator=gen)  # far from every mean: exp(-1e8) underflows naively
+    logp, score = prior.log_prob(x, 0.01), prior.score(x, 0.01)
+    assert torch.isfinite(logp).all() and torch.isfinite(score).all()
+    assert logp.item() < -1e7
+    near = means[7:8] + 1e-3 * torch.randn(1, 3, 128, 128, generator=gen)
+    # Tweedie for one component: D = μ + s²/(s² + σ²)(x − μ), halfway back to the mean here
+    torch.testing.assert_close(prior.denoise(near, 0.01), 0.5 * (means[7:8] + near), atol=1e-5, rtol=0)
+
+
+def test_mixture_means_are_critical_points(gen):
+    means = torch.rand(3, 1, 9, 7, generator=gen, dtype=D)
+    prior = GaussianMixturePrior(means, std=0.01)
+    assert prior.score(means, 1e-3).abs().max() < 1e-8
+
+
+@given(
+    name=st.sampled_from(["gaussian", "motion", "defocus", "airy", "zernike"]),
+    theta=st.floats(0.0, 5.0),
+    seed=st.integers(0, 2**31 - 1),
+    mean=st.sampled_from([0.0, 0.43]),
+    sigma=st.sampled_from([0.001, 0.01, 0.3]),
+)
+@settings(max_examples=60, deadline=None)
+def test_theorem1_blurry_is_more_likely(name, theta, seed, mean, sigma):
+    """Condition (9) in closed form: q(h ⋆ x) ≤ q(x) for every sum-one kernel under a stationary prior."""
+    gen = torch.Generator().manual_seed(seed)
+    prior = GaussianPrior(mean=mean)
+    x = torch.rand(1, 1, 33, 29, generator=gen, dtype=D)
+    if name == "zernike":
+        fam = family("zernike", size=15, pupil_size=64)
+        th = 0.1 * theta * torch.randn(1, 5, generator=gen, dtype=D)
+    else:
+        fam = family(name, size=15)
+        th = torch.tensor([[theta]], dtype=D)
+    q_x, q_hx = -prior.log_prob(x, sigma), -prior.log_prob(blur(x, fam(th)), sigma)
+    assert q_hx <= q_x + 1e-9 * abs(q_x)
+
+
+class _StrictPrior(Prior):
+    sigma_min, sigma_max = 0.01, 10.0
+
+    def _score(self, x, sigma):
+        return -x / (1 + sigma**2)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: GaussianPrior().score(torch.rand(1, 3, 8, 8), 0.1), "channel"),
+        (lambda: GaussianPrior().score(torch.rand(1, 8, 8), 0.1), "4 dimensions"),
+        (lambda: GaussianPrior().score(torch.rand(1, 1, 8, 8), 0.0), "sigma"),
+        (lambda: GaussianPrior().score(torch.rand(1, 1, 8, 8), -1.0), "sigma"),
+        (lambda: GaussianPrior().score(torch.full((1, 1, 8, 8), float("inf")), 0.1), "finite"),
+        (lambda: GaussianPrior().score(torch.rand(2, 1, 8, 8), torch.ones(3)), "shape"),
+        (lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.1).score(torch.rand(1, 1, 8, 9), 0.1), "size"),
+        (lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.1, weights=[1, -1]), "weights"),
+        (lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.0), "std"),
+        (lambda: _StrictPrior().score(torch.rand(1, 1, 8, 8), 20.0), r"lie in \[0.01, 10.0\]"),
+        (lambda: _StrictPrior().check_sigma(0.001), "lie in"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_default_prior_tweedie_roundtrip():
+    p = _StrictPrior()
+    x = torch.rand(2, 1, 8, 8, dtype=D)
+    torch.testing.assert_close(p.denoise(x, 0.5), x - 0.25 * x / 1.25)
