@@ -278,3 +278,43 @@ class GaussianMixturePrior(Prior):
 
     def terminal_log_prob(self, x: Tensor) -> Tensor:
         return self.log_prob(x, self.sigma_max)
+
+
+class UNetScorePrior(Prior):
+    r"""A diffusers ``UNet2DModel`` with Fourier σ embedding whose output is the VE score in [0, 1] units.
+
+    This is the score_sde / diffusers VE convention (``ScoreSdeVePipeline``): the network takes σ as a
+    float tensor of shape (B,) and returns :math:`s(x, \sigma)` (it divides by σ internally). The network
+    runs in its own dtype; inputs and outputs are cast at this edge.
+
+    Example::
+
+        unet = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, time_embedding_type="fourier")
+        prior = UNetScorePrior(unet, sigma_min=0.01, sigma_max=50.0)
+    """
+
+    def __init__(self, unet: nn.Module, sigma_min: float = 0.01, sigma_max: float = 50.0, fixed_size: bool = False):
+        super().__init__()
+        self.unet = unet
+        cfg = unet.config
+        if cfg.time_embedding_type != "fourier":
+            raise ValueError(f"unet must use time_embedding_type='fourier' (σ input), got {cfg.time_embedding_type!r}")
+        self.channels = int(cfg.in_channels)
+        self.multiple = 2 ** (len(cfg.block_out_channels) - 1)
+        size = cfg.sample_size
+        self.image_size = (size, size) if fixed_size and isinstance(size, int) else None
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
+
+    def check_input(self, x: Tensor, name: str = "x") -> Tensor:
+        x = super().check_input(x, name)
+        if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
+            raise ValueError(
+                f"{name} must have height and width divisible by {self.multiple} for this UNet, got {tuple(x.shape)}"
+            )
+        return x
+
+    def _score(self, x: Tensor, sigma: Tensor) -> Tensor:
+        p = next(self.unet.parameters())
+        out = self.unet(x.to(p.dtype), sigma.reshape(-1).to(p.dtype)).sample
+        return out.to(x.dtype)

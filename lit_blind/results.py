@@ -37,6 +37,11 @@ class ResultsFile:
         self.path = Path(directory) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.key = tuple(key)
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb+") as f:  # a run killed mid-write leaves a torn last line: end it
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
         self._done = {self._key_of(r) for r in self.rows()}
 
     def _key_of(self, row: dict) -> tuple:
