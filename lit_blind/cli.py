@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
 
         run_lightning_cli(argv)
         return 0
-    print("usage: lit-blind {demo|fit|validate|test|predict} [options]  (lit-blind demo --help)", file=sys.stderr)
+    print(
+        "usage: lit-blind {demo|fit|validate|test|predict} [options]  (lit-blind demo --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -51,7 +51,12 @@ def run_demo(out: str | Path, size: int = 128, seed: int = 0) -> dict:
         q = exact[f * 11 : (f + 1) * 11]
         q_ode = ode.value[f * 11 : (f + 1) * 11]
         for i, th in enumerate(thetas.tolist()):
-            row = {"family": name, "theta": th, "potential_exact": q[i].item(), "potential_ode": q_ode[i].item()}
+            row = {
+                "family": name,
+                "theta": th,
+                "potential_exact": q[i].item(),
+                "potential_ode": q_ode[i].item(),
+            }
             if not results.done(row):
                 results.append({**row, "nfe": int(ode.nfe[f * 11 + i])})
         summary["families"][name] = {
@@ -60,7 +65,12 @@ def run_demo(out: str | Path, size: int = 128, seed: int = 0) -> dict:
             "max_abs_ode_error": (q_ode - q).abs().max().item(),
             "max_abs_ode_error_of_differences": ((q_ode - q_ode[0]) - (q - q[0])).abs().max().item(),
         }
-    summary["ode"] = {"solver": "dopri5", "rtol": 1e-5, "seconds": seconds, "mean_nfe": ode.nfe.double().mean().item()}
+    summary["ode"] = {
+        "solver": "dopri5",
+        "rtol": 1e-5,
+        "seconds": seconds,
+        "mean_nfe": ode.nfe.double().mean().item(),
+    }
     write_json(out / "summary.json", summary)
     _figures(out, x, blurred, exact, ode.value, thetas)
     return summary
@@ -97,7 +107,9 @@ def _figures(out: Path, x, blurred, exact, ode, thetas) -> None:
 
 def print_summary(summary: dict) -> None:
     print(f"Theorem 1 on {summary['image']}, GaussianPrior, sigma_eps={summary['sigma_eps']}")
-    print(f"{'family':10s} {'decreasing':>10s} {'q(x)-q(h5*x)':>14s} {'max|ODE-exact|':>15s} {'max|Δ ODE-Δ exact|':>19s}")
+    print(
+        f"{'family':10s} {'decreasing':>10s} {'q(x)-q(h5*x)':>14s} {'max|ODE-exact|':>15s} {'max|Δ ODE-Δ exact|':>19s}"
+    )
     for name, s in summary["families"].items():
         print(
             f"{name:10s} {str(s['strictly_decreasing']):>10s} {s['decrease_q0_minus_q5']:14.1f} "

@@ -108,9 +108,7 @@ class _Field:
             try:
                 rows = torch.autograd.grad(v, xg, basis, retain_graph=not last, is_grads_batched=True)[0]
             except RuntimeError:  # ops without a batching rule: one VJP per direction
-                rows = torch.stack(
-                    [torch.autograd.grad(v, xg, e, retain_graph=True)[0] for e in basis]
-                )
+                rows = torch.stack([torch.autograd.grad(v, xg, e, retain_graph=True)[0] for e in basis])
             diag = rows.flatten(2)[:, :, start : start + self.chunk]  # (n, B, n)
             div += torch.diagonal(diag, dim1=0, dim2=2).sum(1)
         return div
@@ -137,7 +135,9 @@ def _rms(x: Tensor, ell: Tensor) -> Tensor:
     return torch.sqrt((x.flatten(1).pow(2).sum(1) + ell.pow(2).sum(1)) / n)
 
 
-def _dopri5(field: _Field, x0: Tensor, lam0: float, lam1: float, rtol: float, atol: float) -> tuple[Tensor, Tensor, Tensor]:
+def _dopri5(
+    field: _Field, x0: Tensor, lam0: float, lam1: float, rtol: float, atol: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample adaptive Dormand–Prince from λ0 to λ1; returns x(λ1), ∫div, nfe."""
     b, dev = x0.shape[0], x0.device
     n_probe = field.probes.shape[0] if field.divergence == "hutchinson" else 1
@@ -168,8 +168,7 @@ def _dopri5(field: _Field, x0: Tensor, lam0: float, lam1: float, rtol: float, at
         h4 = ha.reshape(-1, 1, 1, 1)
         kx, kl = [f_x[idx]], [f_l[idx]]
         for s in range(1, 6):
-            dx = sum(a * k for a, k in zip(_A[s], kx, strict=False)) * h4
-            dl = sum(a * k for a, k in zip(_A[s], kl, strict=False)) * ha[:, None]
+            dx = sum(a * k for a, k in zip(_A[s], kx, strict=False)) * h4  # the field ignores ∫div
             vx, vl = field(xa + dx, lama + _C[s] * ha, idx)
             kx.append(vx)
             kl.append(vl)
@@ -186,7 +185,9 @@ def _dopri5(field: _Field, x0: Tensor, lam0: float, lam1: float, rtol: float, at
         err = _rms(err_x / scale_x, err_l / scale_l)
         ok = err < 1
         grow = torch.where(
-            err == 0, torch.full_like(err, _MAX_FACTOR), torch.clamp(_SAFETY * err ** (-1 / 5), max=_MAX_FACTOR)
+            err == 0,
+            torch.full_like(err, _MAX_FACTOR),
+            torch.clamp(_SAFETY * err ** (-1 / 5), max=_MAX_FACTOR),
         )
         grow = torch.where(rejected[idx], torch.clamp(grow, max=1.0), grow)
         shrink = torch.clamp(_SAFETY * err ** (-1 / 5), min=_MIN_FACTOR)
@@ -231,7 +232,9 @@ def _expint(field: _Field, x0: Tensor, lam0: float, lam1: float, steps: int) -> 
     return x, ell, nfe
 
 
-def _rk45_scipy(field: _Field, x0: Tensor, lam0: float, lam1: float, rtol: float, atol: float) -> tuple[Tensor, Tensor, Tensor]:
+def _rk45_scipy(
+    field: _Field, x0: Tensor, lam0: float, lam1: float, rtol: float, atol: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """The paper's reference: scipy RK45 on one image at a time, numpy↔torch at every evaluation."""
     from scipy.integrate import solve_ivp
 
@@ -317,9 +320,8 @@ def potential(
                 )
             probes = probes.to(device=x.device, dtype=torch.float64).expand(-1, b, *x.shape[1:])
     lam0, lam1 = math.log(sigma_eps), math.log(prior.sigma_max)
-    d = x[0].numel()
     chunk = b if batch_size is None else int(batch_size)
-    values, nfes, per_probe = [], [], []
+    nfes, per_probe = [], []
     for start in range(0, b, chunk):
         xb = x[start : start + chunk].to(torch.float64)
         pb = None if probes is None else probes[:, start : start + chunk]

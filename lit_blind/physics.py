@@ -120,7 +120,9 @@ def prox_data(
     z, h, b = _prepare(z, h, boundary, "z")
     y = check_image("y", y, channels=z.shape[1])
     b = max(b, _batch("y", y, "z", z))
-    expected = z.shape[-2:] if boundary == "circular" else (z.shape[-2] - h.shape[-1] + 1, z.shape[-1] - h.shape[-1] + 1)
+    expected = (
+        z.shape[-2:] if boundary == "circular" else (z.shape[-2] - h.shape[-1] + 1, z.shape[-1] - h.shape[-1] + 1)
+    )
     if tuple(y.shape[-2:]) != tuple(expected):
         raise ValueError(f"y must have spatial size {tuple(expected)} for {boundary} blur, got {tuple(y.shape)}")
     g = torch.as_tensor(gamma, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1)

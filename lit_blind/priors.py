@@ -72,8 +72,7 @@ class Prior(nn.Module):
         x = check_image(name, x, channels=self.channels)
         if self.image_size is not None and tuple(x.shape[-2:]) != tuple(self.image_size):
             raise ValueError(
-                f"{name} must have spatial size {tuple(self.image_size)} for this prior, "
-                f"got shape {tuple(x.shape)}"
+                f"{name} must have spatial size {tuple(self.image_size)} for this prior, got shape {tuple(x.shape)}"
             )
         return x
 
@@ -158,7 +157,7 @@ class GaussianPrior(Prior):
         """S(ω) on the (h, w) DFT grid: the eigenvalues of the covariance (per channel)."""
         return self.scale * (self.eps + _frequency_grid(h, w, device, dtype)) ** (-self.alpha)
 
-    def _apply(self, x: Tensor, sigma: Tensor, power: float) -> Tensor:
+    def _cov_power(self, x: Tensor, sigma: Tensor, power: float) -> Tensor:
         """(Σ + σ²I)^power x for a batch, by FFT."""
         spec = self.spectrum(x.shape[-2], x.shape[-1], x.device, x.dtype) + sigma**2
         xf = torch.fft.fft2(x, norm="ortho")
@@ -175,13 +174,13 @@ class GaussianPrior(Prior):
         return -0.5 * (quad + logdet)
 
     def _score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return -self._apply(x - self.mean, sigma, -1.0)
+        return -self._cov_power(x - self.mean, sigma, -1.0)
 
     def hvp(self, x: Tensor, v: Tensor, sigma: float | Tensor) -> Tensor:
         r"""Hessian of the potential applied to v: :math:`\nabla^2 q_\sigma(x)\, v = (\Sigma + \sigma^2 I)^{-1} v`."""
         x = self.check_input(x)
         v = self.check_input(v, "v")
-        return self._apply(v, self._sigma(sigma, x), -1.0)
+        return self._cov_power(v, self._sigma(sigma, x), -1.0)
 
     def terminal_log_prob(self, x: Tensor) -> Tensor:
         return self.log_prob(x, self.sigma_max)

@@ -110,8 +110,14 @@ def test_data_fidelity_and_noise(gen):
         (lambda: blur(torch.full((1, 1, 16, 16), float("nan")), torch.rand(1, 1, 3, 3)), "finite"),
         (lambda: blur(torch.rand(2, 1, 16, 16), torch.rand(3, 1, 3, 3)), "batch"),
         (lambda: blur(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 3, 3), "reflect"), "boundary"),
-        (lambda: prox_data(torch.rand(1, 1, 9, 9), torch.rand(1, 1, 9, 9), torch.rand(1, 1, 3, 3), 0.0), "gamma"),
-        (lambda: prox_data(torch.rand(1, 1, 9, 9), torch.rand(1, 1, 9, 9), torch.rand(1, 1, 3, 3), 1, "valid"), "y must"),
+        (
+            lambda: prox_data(torch.rand(1, 1, 9, 9), torch.rand(1, 1, 9, 9), torch.rand(1, 1, 3, 3), 0.0),
+            "gamma",
+        ),
+        (
+            lambda: prox_data(torch.rand(1, 1, 9, 9), torch.rand(1, 1, 9, 9), torch.rand(1, 1, 3, 3), 1, "valid"),
+            "y must",
+        ),
         (lambda: add_noise(torch.rand(1, 1, 4, 4), -0.1), "sigma_y"),
     ],
 )

@@ -16,7 +16,10 @@ def _priors(gen):
     means = torch.rand(5, 1, 17, 15, generator=gen, dtype=D)
     return {
         "gaussian": (GaussianPrior(), torch.rand(2, 1, 33, 29, generator=gen, dtype=D)),
-        "gaussian_rgb": (GaussianPrior(channels=3, mean=0.2), torch.rand(2, 3, 17, 15, generator=gen, dtype=D)),
+        "gaussian_rgb": (
+            GaussianPrior(channels=3, mean=0.2),
+            torch.rand(2, 3, 17, 15, generator=gen, dtype=D),
+        ),
         "mixture": (
             GaussianMixturePrior(means, std=0.3, weights=[1, 2, 3, 4, 5]),
             means[:2] + 0.2 * torch.randn(2, 1, 17, 15, generator=gen, dtype=D),
@@ -126,7 +129,10 @@ class _StrictPrior(Prior):
         (lambda: GaussianPrior().score(torch.rand(1, 1, 8, 8), -1.0), "sigma"),
         (lambda: GaussianPrior().score(torch.full((1, 1, 8, 8), float("inf")), 0.1), "finite"),
         (lambda: GaussianPrior().score(torch.rand(2, 1, 8, 8), torch.ones(3)), "shape"),
-        (lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.1).score(torch.rand(1, 1, 8, 9), 0.1), "size"),
+        (
+            lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.1).score(torch.rand(1, 1, 8, 9), 0.1),
+            "size",
+        ),
         (lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.1, weights=[1, -1]), "weights"),
         (lambda: GaussianMixturePrior(torch.rand(2, 1, 8, 8), 0.0), "std"),
         (lambda: _StrictPrior().score(torch.rand(1, 1, 8, 8), 20.0), r"lie in \[0.01, 10.0\]"),

@@ -1,0 +1,33 @@
+"""``lit-blind fit|validate|test|predict``: LightningCLI over any LightningModule / DataModule named by
+``class_path`` in the YAML configs of ``configs/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+
+class SaveConfigToOutputDir(SaveConfigCallback):
+    """Write ``config.yaml`` (as run) into the module's ``output_dir`` when it has one, else the log dir."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        out = getattr(pl_module, "output_dir", None)
+        if out is None:
+            return super().save_config(trainer, pl_module, stage)
+        if trainer.is_global_zero:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, Path(out) / self.config_filename, skip_none=False, overwrite=True)
+
+
+def run_lightning_cli(args: list[str]) -> LightningCLI:
+    return LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=SaveConfigToOutputDir,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
