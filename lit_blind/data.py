@@ -128,3 +128,170 @@ class ImageDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+def read_idx_images(path: str | Path) -> torch.Tensor:
+    """An IDX3 image file (MNIST format, gzipped or not) as a uint8 tensor ``(N, H, W)``."""
+    import gzip
+
+    import numpy as np
+
+    path = Path(path)
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 16 or int.from_bytes(raw[:4], "big") != 2051:
+        raise ValueError(f"{path} must be an IDX3 image file (magic 2051), got magic {int.from_bytes(raw[:4], 'big')}")
+    n, h, w = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
+    if len(raw) != 16 + n * h * w:
+        raise ValueError(f"{path} is truncated: expected {16 + n * h * w} bytes, got {len(raw)}")
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w).copy())
+
+
+def _find_mnist(root: Path, split: str) -> Path | None:
+    stem = "train-images-idx3-ubyte" if split == "train" else "t10k-images-idx3-ubyte"
+    for folder in (root, root / "MNIST" / "raw"):
+        for name in (stem + ".gz", stem, stem.replace("-idx3", ".idx3")):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+class BinarizedMNISTDataModule(pl.LightningDataModule):
+    """Binarised MNIST (paper §2.3): IDX files, 28→32 zero padding, pixels > ``threshold`` → 1.
+
+    ``root`` holds ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]`` directly or in the
+    torchvision layout ``MNIST/raw``; ``download=True`` fetches them with torchvision when a network exists.
+    Training uses the 60k training images, validation the 10k test images (both optionally limited).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/mnist",
+        threshold: float = 0.5,
+        pad: int = 2,
+        batch_size: int = 128,
+        val_batch_size: int = 256,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        download: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        self.root, self.threshold, self.pad = Path(root), float(threshold), int(pad)
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.limit_train, self.limit_val, self.download = limit_train, limit_val, download
+        self.num_workers = int(num_workers)
+        self.train_set = self.val_set = None
+
+    def prepare_data(self) -> None:
+        if self.download and _find_mnist(self.root, "train") is None:
+            from torchvision.datasets import MNIST
+
+            MNIST(str(self.root), train=True, download=True)
+            MNIST(str(self.root), train=False, download=True)
+
+    def _load(self, split: str, limit: int | None) -> torch.utils.data.TensorDataset:
+        path = _find_mnist(self.root, split)
+        if path is None:
+            raise ValueError(
+                f"root must hold the MNIST IDX files ({split}), none found in {self.root} or {self.root / 'MNIST/raw'}; "
+                "pass download=True with a network"
+            )
+        x = read_idx_images(path)[:limit]
+        x = (x.float() / 255 > self.threshold).float()[:, None]
+        x = torch.nn.functional.pad(x, (self.pad,) * 4)
+        return torch.utils.data.TensorDataset(x)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self._load("train", self.limit_train)
+            self.val_set = self._load("test", self.limit_val)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, self.val_batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+class PatchDataset(Dataset):
+    """Random ``patch``×``patch`` crops (with random flips) of a list of images; ``length`` draws per epoch.
+
+    Deterministic: item i of epoch e comes from a generator seeded with (seed, e, i).
+    """
+
+    def __init__(self, images: list[torch.Tensor], patch: int, length: int, seed: int, flips: bool) -> None:
+        self.images, self.patch, self.length, self.seed, self.flips = images, patch, length, seed, flips
+        self.epoch = 0
+        for x in images:
+            if min(x.shape[-2:]) < patch:
+                raise ValueError(f"patch must not exceed the image size, got {patch} for {tuple(x.shape)}")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + i)
+        x = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+        top = int(torch.randint(x.shape[-2] - self.patch + 1, (1,), generator=g))
+        left = int(torch.randint(x.shape[-1] - self.patch + 1, (1,), generator=g))
+        p = x[:, top : top + self.patch, left : left + self.patch]
+        if self.flips and bool(torch.randint(2, (1,), generator=g)):
+            p = p.flip(-1)
+        if self.flips and bool(torch.randint(2, (1,), generator=g)):
+            p = p.flip(-2)
+        return (p.contiguous(),)
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Random patches of a folder of images (gray or RGB) for score training; the last ``val_fraction`` of
+    the sorted files is held out for validation (fixed patches: the generator of epoch 0)."""
+
+    def __init__(
+        self,
+        root: str,
+        pattern: str = "*",
+        channels: int = 1,
+        patch: int = 32,
+        batch_size: int = 64,
+        patches_per_epoch: int = 6400,
+        val_patches: int = 512,
+        val_fraction: float = 0.1,
+        flips: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not Path(root).is_dir():
+            raise ValueError(f"root must be an existing folder, got {root!r}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        self.root, self.pattern, self.channels, self.patch = Path(root), pattern, channels, int(patch)
+        self.batch_size, self.patches_per_epoch, self.val_patches = (
+            int(batch_size),
+            int(patches_per_epoch),
+            int(val_patches),
+        )
+        self.val_fraction, self.flips, self.seed, self.num_workers = val_fraction, flips, int(seed), int(num_workers)
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files = sorted(p for p in self.root.glob(self.pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(files) < 2:
+            raise ValueError(
+                f"root must hold at least 2 images matching {self.pattern!r}, found {len(files)} in {self.root}"
+            )
+        n_val = max(1, round(self.val_fraction * len(files)))
+        images = [read_image(p, channels=self.channels)[0] for p in files]
+        self.train_set = PatchDataset(images[:-n_val], self.patch, self.patches_per_epoch, self.seed, self.flips)
+        self.val_set = PatchDataset(images[-n_val:], self.patch, self.val_patches, self.seed + 1, False)
+
+    def train_dataloader(self) -> DataLoader:
+        self.train_set.epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return DataLoader(self.train_set, self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers)

@@ -1,0 +1,153 @@
+"""Smoke and behaviour tests of the Lightning layer: configs run end to end, resume, and shard under DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_blind.lightning_cli import run_lightning_cli
+from lit_blind.results import ResultsFile
+
+ROOT = Path(__file__).resolve().parents[1]
+BLUR = str(ROOT / "configs/experiments/blur_likelihood.yaml")
+SMOKE = str(ROOT / "configs/trainer/cpu_smoke.yaml")
+KEY = ("image_id", "family", "theta")
+
+
+def _blur_args(out, *extra):
+    return [
+        "test",
+        "--config",
+        BLUR,
+        "--config",
+        SMOKE,
+        "--model.init_args.output_dir",
+        str(out),
+        "--model.init_args.probe.init_args.families",
+        "[gaussian, motion]",
+        "--model.init_args.probe.init_args.thetas",
+        "[0.0, 2.5, 5.0]",
+        "--model.init_args.probe.init_args.kernel_size",
+        "15",
+        "--data.init_args.embedded",
+        "[camera, moon]",
+        "--data.init_args.size",
+        "16",
+        *extra,
+    ]
+
+
+def _values(out):
+    return {tuple(r[k] for k in KEY): r["potential"] for r in ResultsFile(out, KEY).rows()}
+
+
+def test_blur_likelihood_runs_resumes_and_summarizes(tmp_path):
+    out = tmp_path / "bl"
+    run_lightning_cli(_blur_args(out))
+    rows = ResultsFile(out, KEY).rows()
+    assert len(rows) == 2 * 2 * 3 and all("potential" in r and r["nfe"] > 0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    for fam in ("gaussian", "motion"):  # Theorem 1 under the Gaussian prior, seen through the ODE
+        assert summary["families"][fam]["fraction_strictly_decreasing"] == 1.0
+        assert summary["families"][fam]["mean_decrease_q0_minus_qmax"] > 0
+    assert (out / "figures" / "blur_likelihood.png").is_file() and (out / "config.yaml").is_file()
+    before = _values(out)
+    # a killed run: only the first 5 rows survived, plus a torn line
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:10])
+    run_lightning_cli(_blur_args(out))
+    rows = ResultsFile(out, KEY).rows()
+    assert len(rows) == 12 and len({tuple(r[k] for k in KEY) for r in rows}) == 12
+    after = _values(out)
+    assert all(abs(after[k] - before[k]) < 1e-6 for k in before)  # same probes per image: same values
+    run_lightning_cli(_blur_args(out))  # nothing left to do
+    assert len(ResultsFile(out, KEY).rows()) == 12
+
+
+def test_blur_likelihood_logs_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    run_lightning_cli(
+        _blur_args(
+            out,
+            "--trainer.logger",
+            "lightning.pytorch.loggers.TensorBoardLogger",
+            "--trainer.logger.save_dir",
+            str(out),
+        )
+    )
+    events = next(out.rglob("events.out.tfevents.*")).parent
+    tags = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0}).Reload().Tags()
+    assert "blur_likelihood" in tags["images"] and any(t.startswith("inputs/") for t in tags["images"])
+    assert any(t.startswith("potential/gaussian/") for t in tags["scalars"])
+
+
+def test_blur_likelihood_on_a_network_prior(tmp_path):
+    out = tmp_path / "net"
+    unet = (
+        '{"class_path": "lit_blind.priors.UNetScorePrior", "init_args": {"sigma_max": 10.0, "unet": '
+        '{"class_path": "diffusers.UNet2DModel", "init_args": {"sample_size": 16, "in_channels": 1, "out_channels": 1, '
+        '"block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], '
+        '"up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8, '
+        '"time_embedding_type": "fourier"}}}}'
+    )
+    run_lightning_cli(
+        _blur_args(out, "--model.init_args.prior", unet, "--model.init_args.probe.init_args.solver", "expint")
+    )
+    rows = ResultsFile(out, KEY).rows()
+    assert len(rows) == 12 and all("potential" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_write_each_row_once_with_single_process_values(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "ddp"
+    images = ["--data.init_args.embedded", "[camera, moon, coins]"]
+    run_lightning_cli(_blur_args(single, *images))
+    cmd = [sys.executable, "-m", "lit_blind.cli", *_blur_args(multi, *images)]
+    cmd += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = ResultsFile(multi, KEY).rows()
+    keys = [tuple(r[k] for k in KEY) for r in rows]
+    assert len(keys) == 3 * 2 * 3 == len(set(keys))
+    a, b = _values(single), _values(multi)
+    assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) < 1e-6
+
+
+def test_timing_config(tmp_path, capsys):
+    out = tmp_path / "timing"
+    run_lightning_cli(
+        [
+            "test",
+            "--config",
+            str(ROOT / "configs/experiments/timing.yaml"),
+            "--config",
+            SMOKE,
+            "--model.init_args.output_dir",
+            str(out),
+            "--data.init_args.size",
+            "16",
+        ]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["model_eval_seconds_per_image"] > 0
+    assert summary["potential_seconds_per_image"] > summary["model_eval_seconds_per_image"]
+    assert "potential_seconds_per_image" in capsys.readouterr().out
+
+
+def test_bad_probe_arguments_fail_before_work():
+    from lit_blind.probes import BlurLikelihoodProbe
+
+    with pytest.raises(ValueError, match="theta"):
+        BlurLikelihoodProbe(thetas=[0.0, 6.0])
+    with pytest.raises(ValueError, match="increasing"):
+        BlurLikelihoodProbe(thetas=[2.0, 1.0])
+    with pytest.raises(ValueError, match="boundary"):
+        BlurLikelihoodProbe(boundary="valid")
+    with pytest.raises(ValueError, match="name must be one of"):
+        BlurLikelihoodProbe(families=["box"])
