@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+from lit_blind.api import deblur, initial_theta
+from lit_blind.data import embedded_image
+from lit_blind.deconv import alternating, douglas_rachford
+from lit_blind.kernels import family, uniform_kernel
+from lit_blind.metrics import error_ratio, kernel_error, nonblind_deconvolution, psnr
+from lit_blind.physics import add_noise, blur, prox_data
+from lit_blind.priors import GaussianMixturePrior, GaussianPrior
+
+D = torch.float64
+
+
+def _pinned(n):
+    """A one-component mixture centred on x̄: the prior pins the image, so the kernel must be found."""
+    xbar = torch.nn.functional.adaptive_avg_pool2d(embedded_image("camera"), n).double()
+    return xbar, GaussianMixturePrior(xbar, std=0.01)
+
+
+FAST = dict(sigma_y=0.01, K=60, K_x=5, gamma_x=1.0, gamma_theta="armijo", theta_steps=5, R=1000)
+
+
+@pytest.mark.parametrize("name, theta_bar", [("gaussian", 2.0), ("motion", 3.0), ("airy", 2.5), ("defocus", 2.0)])
+def test_algorithm1_recovers_one_parameter_families(name, theta_bar):
+    xbar, prior = _pinned(32)
+    fam = family(name, size=15)
+    tb = torch.tensor([[theta_bar]], dtype=D)
+    y = blur(xbar, fam(tb))
+    res = alternating(y, prior, fam, initial_theta(fam, "large", tb), **FAST)
+    assert abs(res.theta.item() - theta_bar) < 1e-2
+    assert len(res.history["theta"]) == 60 and res.history["score_evals"][-1] == 60 * 5
+
+
+def test_algorithm1_recovers_zernike():
+    xbar, prior = _pinned(64)
+    fam = family("zernike", size=31, pupil_size=128, fc=0.2)
+    tb = torch.tensor([[0.1, -0.05, 0.08, 0.03, -0.04]], dtype=D)
+    y = blur(xbar, fam(tb))
+    res = alternating(y, prior, fam, initial_theta(fam, "large", tb), **{**FAST, "K": 40, "K_x": 3})
+    assert (res.theta - tb).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("algorithm", [alternating, douglas_rachford])
+def test_simplex_kernels_stay_on_simplex_and_recover(algorithm):
+    xbar, prior = _pinned(32)
+    h = family("motion", size=7, angle=30)(torch.tensor([[2.0]], dtype=D))
+    y = blur(xbar, h)
+    seen = []
+    fam = family("simplex", size=7)
+    res = algorithm(y, prior, fam, uniform_kernel(7, D).flatten(1), callback=lambda s: seen.append(s["kernel"]), **FAST)
+    for k in seen + [res.kernel]:
+        assert (k >= 0).all() and abs(k.sum().item() - 1) < 1e-9
+    assert kernel_error(res.kernel, h) < 0.01
+
+
+def test_paper_defaults_fixed_step_moves_toward_truth():
+    xbar, prior = _pinned(32)
+    fam = family("gaussian", size=15)
+    y = blur(xbar, fam(torch.tensor([[2.0]], dtype=D)))
+    res = alternating(
+        y, prior, fam, torch.tensor([[2.15]], dtype=D), sigma_y=0.01, K=20, K_x=5, gamma_x=1.0, gamma_theta=0.1
+    )
+    th = [t[0] for t in res.history["theta"]]
+    assert all(b <= a for a, b in zip(th, th[1:], strict=False)) and th[-1] < 2.02
+
+
+def test_fft_and_cg_image_steps_agree():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.rand(1, 1, 24, 20, generator=gen, dtype=D)
+    y = torch.rand(1, 1, 24, 20, generator=gen, dtype=D)
+    h = family("defocus", size=5)(torch.tensor([[1.5]], dtype=D))
+    from deepinv.optim.linear import conjugate_gradient
+
+    from lit_blind.physics import adjoint
+
+    u_fft = prox_data(z, y, h, 0.5)
+    u_cg = conjugate_gradient(
+        lambda v: 0.5 * adjoint(blur(v, h), h) + v, 0.5 * adjoint(y, h) + z, max_iter=300, tol=1e-10
+    )
+    torch.testing.assert_close(u_fft, u_cg, atol=1e-6, rtol=0)
+
+
+def test_deblur_api_rgb_nonsquare_valid_boundary():
+    gen = torch.Generator().manual_seed(0)
+    prior = GaussianPrior(channels=3)
+    x = torch.rand(1, 3, 21, 26, generator=gen, dtype=D)
+    h = family("gaussian", size=5)(torch.tensor([[1.0]], dtype=D))
+    y = add_noise(blur(x, h, "valid"), 0.01, gen)
+    res = deblur(y, prior, family="simplex", kernel_size=5, boundary="valid", K=3, K_x=2, gamma_theta="armijo")
+    assert res.image.shape == (1, 3, 21, 26) and res.kernel.shape == (1, 1, 5, 5)
+    assert torch.isfinite(res.image).all()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"family": "box"}, "name must be one of"),
+        ({"init": "medium"}, "init"),
+        ({"sigma_y": 0.0}, "sigma_y"),
+        ({"kernel_size": 41}, "kernel size"),
+        ({"algorithm": "admm"}, "algorithm"),
+        ({"family": "zernike"}, "theta_ref"),
+        ({"boundary": "reflect"}, "boundary"),
+        ({"K": 0}, "K must"),
+    ],
+)
+def test_deblur_bad_input(kw, match):
+    y = torch.rand(1, 1, 32, 32)
+    with pytest.raises(ValueError, match=match):
+        deblur(y, GaussianPrior(), **{"K": 1, "K_x": 1, **kw})
+
+
+def test_deblur_rejects_bad_images():
+    with pytest.raises(ValueError, match="channel"):
+        deblur(torch.rand(1, 3, 32, 32), GaussianPrior(), K=1)
+    with pytest.raises(ValueError, match="finite"):
+        deblur(torch.full((1, 1, 32, 32), float("nan")), GaussianPrior(), K=1)
+
+
+def test_metrics_are_shift_invariant_and_error_ratio_is_one_for_true_kernel():
+    h = family("motion", size=9, angle=20)(torch.tensor([[3.0]], dtype=D))
+    shifted = torch.roll(torch.nn.functional.pad(h, (2, 2, 2, 2)), (1, -2), (-2, -1))
+    assert kernel_error(shifted, h) < 1e-12 and kernel_error(h, h) == 0
+    assert kernel_error(family("motion", size=9, angle=70)(torch.tensor([[3.0]], dtype=D)), h) > 0.3
+    x = torch.nn.functional.adaptive_avg_pool2d(embedded_image("camera"), 64).double()
+    assert psnr(torch.roll(x, (2, 1), (-2, -1)), x) >= 80  # deepinv caps a perfect match at 80 dB
+    assert psnr(torch.roll(x, (2, 1), (-2, -1)), x, max_shift=1) < 30
+    y = blur(x, h, "circular")
+    assert abs(error_ratio(y, x, h, h) - 1) < 1e-12
+    assert error_ratio(y, x, family("gaussian", size=9)(torch.tensor([[0.01]], dtype=D)), h) > 1.5
+    assert nonblind_deconvolution(y, h).shape == y.shape
