@@ -1,38 +1,54 @@
-"""Command line: ``lit-blind demo`` (the main job on embedded data) and, for experiments,
+"""Command line: ``lit-blind demo`` (the main job on embedded data), ``lit-blind deblur IMAGE`` (a user's
+photo) and, for experiments,
 ``lit-blind fit|validate|test|predict`` through LightningCLI (see configs/)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _demo(argv: list[str]) -> int:
-    from lit_blind.demo import print_summary, run_demo
+    from lit_blind.demo import print_deblur_summary, print_summary, run_deblur_demo, run_demo
 
-    ap = argparse.ArgumentParser(prog="lit-blind demo", description="Theorem 1 in closed form on an embedded image")
+    ap = argparse.ArgumentParser(prog="lit-blind demo", description="Blind deblurring and Theorem 1 on embedded images")
     ap.add_argument("--out", default="outputs/demo", help="output directory")
-    ap.add_argument("--size", type=int, default=128, help="image size (pixels)")
+    ap.add_argument("--size", type=int, default=128, help="image size of the Theorem-1 part (pixels)")
+    ap.add_argument("--prior", default="natural-gray-small", help="prior of the deblurring part (load_prior spec)")
+    ap.add_argument("--iterations", type=int, default=20, help="outer iterations K of the deblurring part")
+    ap.add_argument("--inner", type=int, default=100, help="image steps K_x of the deblurring part")
+    ap.add_argument("--skip-deblur", action="store_true", help="only the Theorem-1 part")
     args = ap.parse_args(argv)
-    summary = run_demo(args.out, size=args.size)
+    if not args.skip_deblur:
+        print_deblur_summary(run_deblur_demo(Path(args.out) / "deblur", args.prior, K=args.iterations, K_x=args.inner))
+    summary = run_demo(Path(args.out) / "theorem1", size=args.size)
     print_summary(summary)
     print(f"outputs in {args.out}")
     return 0
+
+
+def _deblur(argv: list[str]) -> int:
+    from lit_blind.deblur_cli import deblur_main
+
+    return deblur_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         return _demo(argv[1:])
+    if argv and argv[0] == "deblur":
+        return _deblur(argv[1:])
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from lit_blind.lightning_cli import run_lightning_cli
 
         run_lightning_cli(argv)
         return 0
     print(
-        "usage: lit-blind {demo|fit|validate|test|predict} [options]  (lit-blind demo --help)",
+        "usage: lit-blind {demo|deblur|fit|validate|test|predict} [options]  (lit-blind deblur --help)",
         file=sys.stderr,
     )
     return 2

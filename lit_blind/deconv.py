@@ -11,7 +11,8 @@ r"""Blind deconvolution by alternating minimisation of the negative log-posterio
 Both are plain functions (no Lightning, no files): they take the blurry image, a prior, a kernel family and
 θ₀, and report through ``callback(dict)`` once per outer iteration. The prox is the closed-form FFT solve
 for ``circular`` boundaries and CG for ``valid`` ones (then x is larger than y by k − 1 and starts as y
-padded by edge replication). The θ step is a projected gradient step: ``family.project`` (clamp to
+padded by edge replication; the CG solve is warm-started at its input and stops at relative residual
+``cg_tol``). The θ step is a projected gradient step: ``family.project`` (clamp to
 [0, θ_max] for the 1-D families, Euclidean projection for the simplex family, identity for Zernike).
 """
 
@@ -155,6 +156,8 @@ def alternating(
     R: int = 100,
     sigma_eps: float | None = None,
     boundary: str = "circular",
+    cg_tol: float = 1e-5,
+    cg_max_iter: int = 100,
     snapshot_every: int = 20,
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
@@ -177,7 +180,7 @@ def alternating(
         for _ in range(int(K_x)):
             with torch.no_grad():
                 z = x + gamma_x * sigma_y**2 * prior.score(x, sigma_eps)
-            x = prox_data(z, y, h, gamma_x, boundary)
+            x = prox_data(z, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol)
         return x
 
     return _run(
@@ -210,6 +213,8 @@ def douglas_rachford(
     theta_steps: int = 1,
     R: int = 100,
     boundary: str = "circular",
+    cg_tol: float = 1e-5,
+    cg_max_iter: int = 100,
     snapshot_every: int = 20,
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
@@ -230,7 +235,7 @@ def douglas_rachford(
         for _ in range(int(K_x)):
             with torch.no_grad():
                 z = prior.denoise(x, sigma_d)
-            x = x + prox_data(2 * z - x, y, h, gamma_x, boundary) - z
+            x = x + prox_data(2 * z - x, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol) - z
         return x
 
     return _run(

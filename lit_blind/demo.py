@@ -1,6 +1,11 @@
-"""``lit-blind demo``: Theorem 1 in closed form, and the potential engine checked against it.
+"""``lit-blind demo``: blind deblurring of an embedded photograph, then Theorem 1 in closed form.
 
-An embedded photograph (``skimage.data.camera``, 128×128) is blurred by each 1-D family of §2.3 for
+Part 1 (the main job, :func:`run_deblur_demo`): ``skimage.data.camera`` (64×64) blurred by a motion kernel
+with noise σ_y = 0.01 is deblurred with the shipped ``natural-gray-small`` prior by Algorithm 1, once from
+the large (uniform) and once from the small (Gaussian 1.5 px) kernel initialisation; images, kernels, a
+comparison figure and TensorBoard logs go to ``out/deblur``.
+
+Part 2 (:func:`run_demo`): an embedded photograph (``skimage.data.camera``, 128×128) is blurred by each 1-D family of §2.3 for
 θ ∈ linspace(0, 5, 11) (31×31 kernels, circular boundary). Under the analytic :class:`GaussianPrior`
 the potential q(h_θ ⋆ x) is known exactly; the probability-flow ODE (``dopri5``, one Hutchinson probe
 shared by all 44 images: common random numbers) estimates the same numbers. Writes ``results.jsonl``,
@@ -29,6 +34,93 @@ def camera(size: int = 128) -> torch.Tensor:
 
     x = torch.from_numpy(data.camera()).to(torch.float64)[None, None] / 255
     return torch.nn.functional.adaptive_avg_pool2d(x, size)
+
+
+def run_deblur_demo(
+    out: str | Path, prior_spec: str = "natural-gray-small", size: int = 64, K: int = 20, K_x: int = 100
+) -> dict:
+    """Algorithm 1 from the large and the small initialisation on a motion-blurred embedded photo."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lit_blind.api import deblur
+    from lit_blind.io import write_image
+    from lit_blind.loading import load_prior
+    from lit_blind.metrics import kernel_error, psnr
+    from lit_blind.physics import add_noise
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prior = load_prior(prior_spec)
+    x = camera(size)
+    h = family("motion", size=15, angle=30)(torch.tensor([[4.0]], dtype=torch.float64))
+    y = add_noise(blur(x, h), 0.01, torch.Generator().manual_seed(0))
+    write_image(out / "blurry.png", y.float())
+    write_image(out / "sharp.png", x.float())
+    summary: dict = {"prior": prior_spec, "image": f"skimage camera {size}x{size}", "K": K, "K_x": K_x}
+    summary["blurry_psnr"] = psnr(y, x)
+    results = {}
+    for init in ("large", "small"):
+        writer = SummaryWriter(str(out / "tensorboard" / init))
+
+        def log(s: dict, writer=writer) -> None:
+            writer.add_scalar("deblur/data_fidelity", s["data_fidelity"], s["iteration"])
+            writer.add_scalar("deblur/kernel_error", kernel_error(s["kernel"], h), s["iteration"])
+            if s["iteration"] % 5 == 0:
+                writer.add_image("deblur/kernel", (s["kernel"][0] / s["kernel"].max()).float(), s["iteration"])
+                writer.add_image("deblur/image", s["x"][0].clamp(0, 1).float(), s["iteration"])
+
+        t0 = time.perf_counter()
+        res = deblur(y, prior, family="simplex", kernel_size=15, init=init, sigma_y=0.01, K=K, K_x=K_x, callback=log)
+        writer.close()
+        results[init] = res
+        write_image(out / f"deblurred_{init}.png", res.image.float())
+        write_image(out / f"kernel_{init}.png", (res.kernel[0] / res.kernel.max()).float())
+        summary[init] = {
+            "kernel_error": kernel_error(res.kernel, h),
+            "psnr": psnr(res.image, x),
+            "data_fidelity": res.history["data_fidelity"][-1],
+            "kernel_error_vs_dirac": kernel_error(
+                res.kernel, family("gaussian", size=15)(torch.zeros(1, 1, dtype=torch.float64))
+            ),
+            "seconds": time.perf_counter() - t0,
+        }
+    write_json(out / "summary.json", summary)
+    _deblur_figure(out / "comparison.png", x, y, h, results)
+    return summary
+
+
+def _deblur_figure(path: Path, x, y, h, results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("sharp", x), ("blurry", y)] + [(f"{k} init", r.image) for k, r in results.items()]
+    kernels = [("true kernel", h), ("", None)] + [(f"{k} init", r.kernel) for k, r in results.items()]
+    fig, axes = plt.subplots(2, 4, figsize=(10, 5.4))
+    for j, (title, img) in enumerate(panels):
+        axes[0, j].imshow(img[0, 0].clamp(0, 1).cpu(), cmap="gray", vmin=0, vmax=1)
+        axes[0, j].set_title(title)
+    for j, (title, k) in enumerate(kernels):
+        if k is not None:
+            axes[1, j].imshow(k[0, 0].cpu(), cmap="gray")
+            axes[1, j].set_title(title)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_deblur_summary(s: dict) -> None:
+    print(f"Blind deblurring, {s['image']}, motion blur, sigma_y=0.01, prior {s['prior']}, K={s['K']}, K_x={s['K_x']}")
+    print(f"blurry PSNR {s['blurry_psnr']:.2f} dB")
+    print(f"{'init':6s} {'kernel error':>12s} {'PSNR':>7s} {'dist. to no-blur':>16s} {'seconds':>8s}")
+    for init in ("large", "small"):
+        r = s[init]
+        print(
+            f"{init:6s} {r['kernel_error']:12.3f} {r['psnr']:7.2f} {r['kernel_error_vs_dirac']:16.3f} {r['seconds']:8.1f}"
+        )
 
 
 def run_demo(out: str | Path, size: int = 128, seed: int = 0) -> dict:

@@ -2,7 +2,8 @@
 
 Accepted specs (this module grows with the loaders of the pretrained models):
 
-* ``"gaussian"`` — the analytic :class:`~lit_blind.priors.GaussianPrior` (keyword arguments forwarded);
+* ``"gaussian"`` / ``"gaussian-rgb"`` — the analytic :class:`~lit_blind.priors.GaussianPrior`, 1 or 3
+  channels (keyword arguments forwarded);
 * a shipped prior name (``"mnist-small"``, ``"natural-gray-small"``): a folder under ``checkpoints/`` of the
   repository, or under ``$LIT_BLIND_CHECKPOINTS``;
 * a diffusers ``UNet2DModel`` folder (``config.json`` + weights) whose output is the VE score; its σ range
@@ -68,14 +69,16 @@ def load_prior(spec: str | Path, **kw) -> Prior:
         prior = load_prior("path/to/unet", sigma_min=0.01, sigma_max=348.0)
     """
     spec_s = str(spec)
-    if spec_s == "gaussian":
-        return GaussianPrior(**kw)
+    if spec_s in ("gaussian", "gaussian-rgb"):
+        return GaussianPrior(**({"channels": 3} if spec_s == "gaussian-rgb" else {}), **kw)
     if spec_s in SHIPPED:
         return load_diffusers_ve(_find_shipped(spec_s), **kw)
     path = Path(spec_s)
     if path.is_dir() and (path / "config.json").is_file():
         return load_diffusers_ve(path, **kw)
-    raise ValueError(f"spec must be 'gaussian', one of {SHIPPED} or a diffusers UNet2DModel folder, got {spec_s!r}")
+    raise ValueError(
+        f"spec must be 'gaussian', 'gaussian-rgb', one of {SHIPPED} or a diffusers UNet2DModel folder, got {spec_s!r}"
+    )
 
 
 class PretrainedPrior(UNetScorePrior):

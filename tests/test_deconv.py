@@ -130,3 +130,35 @@ def test_metrics_are_shift_invariant_and_error_ratio_is_one_for_true_kernel():
     assert abs(error_ratio(y, x, h, h) - 1) < 1e-12
     assert error_ratio(y, x, family("gaussian", size=9)(torch.tensor([[0.01]], dtype=D)), h) > 1.5
     assert nonblind_deconvolution(y, h).shape == y.shape
+
+
+def test_deblur_cli_on_rgb_nonsquare_photo(tmp_path):
+    import numpy as np
+
+    from lit_blind.cli import main
+    from lit_blind.io import write_image
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 30, 37, generator=gen)
+    write_image(tmp_path / "photo.png", blur(x, family("motion", size=7)(torch.tensor([[2.0]])), "circular"))
+    args = [
+        "--prior",
+        "gaussian-rgb",
+        "--kernel-size",
+        "7",
+        "--iterations",
+        "4",
+        "--inner",
+        "5",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    rc = main(["deblur", str(tmp_path / "photo.png"), *args])
+    assert rc == 0
+    for name in ("deblurred.png", "kernel.png", "kernel.npy", "comparison.png", "result.json"):
+        assert (tmp_path / "o" / name).is_file()
+    k = np.load(tmp_path / "o" / "kernel.npy")
+    assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
+    from lit_blind.io import read_image
+
+    assert read_image(tmp_path / "o" / "deblurred.png").shape == (1, 3, 30, 37)

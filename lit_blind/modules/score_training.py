@@ -121,3 +121,15 @@ class ScoreTrainingModule(pl.LightningModule):
             "pixel_range": [0, 1],
         }
         (directory / "lit_blind_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def export_checkpoint(checkpoint: str | Path, config: str | Path, directory: str | Path) -> None:
+    """Export the EMA network of a ``fit`` checkpoint (e.g. an interrupted run's ``last.ckpt``) in diffusers
+    format, rebuilding the UNet from the run's ``config.yaml``."""
+    import yaml
+    from diffusers import UNet2DModel
+
+    cfg = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
+    unet = UNet2DModel(**cfg["unet"]["init_args"])
+    module = ScoreTrainingModule.load_from_checkpoint(checkpoint, unet=unet, map_location="cpu")
+    module.export(directory)
