@@ -295,3 +295,104 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+class BlurProblemsDataModule(pl.LightningDataModule):
+    """Synthetic blind-deconvolution problems for ``BlindDeconvModule`` (paper §5, Figs. 11, 12, 14, 15).
+
+    Every (image, kernel, init) combination is one problem; y = h̄ ⋆ x̄ + σ_y n (circular blur, seeded).
+    ``kernels`` are dicts ``{family, theta, size[, angle, ...]}`` (θ̄ as a list) or paths to kernel files.
+    The train loader yields the whole batch of problems ``iterations`` times (one outer iteration each).
+    Without ground truth (real photos), pass ``blurry`` paths instead of ``embedded``/``kernels``.
+    """
+
+    def __init__(
+        self,
+        embedded: Sequence[str] = ("camera",),
+        kernels: Sequence[dict | str] = ({"family": "motion", "theta": [4.0], "size": 31, "angle": 30},),
+        inits: Sequence[str] = ("large", "small"),
+        blurry: Sequence[str] = (),
+        sigma_y: float = 0.01,
+        channels: int = 1,
+        size: int | None = 64,
+        scale: int = 1,
+        iterations: int = 400,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for init in inits:
+            if init not in ("large", "small"):
+                raise ValueError(f"inits must be 'large' or 'small', got {init!r}")
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        self.embedded, self.kernels, self.inits, self.blurry = list(embedded), list(kernels), list(inits), list(blurry)
+        self.sigma_y, self.channels, self.size, self.scale = sigma_y, channels, size, scale
+        self.iterations, self.seed = int(iterations), int(seed)
+        self.problems: dict | None = None
+
+    def _kernel(self, spec) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        from lit_blind.io import read_kernel
+        from lit_blind.kernels import family
+
+        if isinstance(spec, str):
+            return Path(spec).stem, read_kernel(spec), None
+        spec = dict(spec)
+        name, theta = spec.pop("family"), torch.tensor([spec.pop("theta")], dtype=torch.float64)
+        h = family(name, **spec)(theta)
+        return f"{name}{theta.flatten().tolist()}", h, theta
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.problems is not None:
+            return
+        from lit_blind.physics import add_noise, blur
+
+        ids, ys, xs, hs, thetas, inits = [], [], [], [], [], []
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.blurry:
+            for p in self.blurry:
+                y = ImageDataset([(p, read_image(p, channels=self.channels))], self.size, self.scale).items[0][1][None]
+                y = y.double()
+                for init in self.inits:
+                    ids.append(f"{Path(p).stem}/{init}")
+                    ys.append(y)
+                    inits.append(init)
+        else:
+            images = ImageDataset([(n, embedded_image(n, self.channels)) for n in self.embedded], self.size, self.scale)
+            for image_id, x in images.items:
+                for spec in self.kernels:
+                    kid, h, theta = self._kernel(spec)
+                    y = add_noise(blur(x[None].double(), h.double()), self.sigma_y, gen)
+                    for init in self.inits:
+                        ids.append(f"{image_id}/{kid}/{init}")
+                        ys.append(y)
+                        xs.append(x[None].double())
+                        hs.append(h.double())
+                        thetas.append(theta)
+                        inits.append(init)
+        shapes = {tuple(y.shape) for y in ys}
+        if len(shapes) != 1:
+            raise ValueError(f"all problems must share one image size, got {sorted(shapes)}")
+        self.problems = {
+            "ids": ids,
+            "y": torch.cat(ys),
+            "x_true": torch.cat(xs) if xs else None,
+            "h_true": hs or None,
+            "theta_true": thetas or None,
+            "inits": inits,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        y = self.problems["y"]
+        return DataLoader(_Repeat(y, self.iterations), batch_size=None)
+
+
+class _Repeat(Dataset):
+    def __init__(self, y: torch.Tensor, n: int) -> None:
+        self.y, self.n = y, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.y

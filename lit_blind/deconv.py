@@ -59,7 +59,7 @@ def _check_common(y, prior, fam, theta0, sigma_y, boundary, K, K_x, R) -> tuple[
     return y, theta0
 
 
-def _x_init(y: Tensor, k: int, boundary: str) -> Tensor:
+def x_init(y: Tensor, k: int, boundary: str) -> Tensor:
     return y.clone() if boundary == "circular" else F.pad(y, (k // 2,) * 4, mode="replicate")
 
 
@@ -120,11 +120,11 @@ def _run(
     callback,
 ) -> DeblurResult:
     hist: dict = {"theta": [], "data_fidelity": [], "score_evals": [], "seconds": [], "kernels": [], "images": []}
-    x = _x_init(y, fam.size, boundary)
+    x = x_init(y, fam.size, boundary)
     t0, evals = time.perf_counter(), 0
     for k in range(K):
         if k % R == 0:
-            x = _x_init(y, fam.size, boundary)
+            x = x_init(y, fam.size, boundary)
         h = fam(theta).detach().to(y.dtype)
         x = image_step(x, h)
         evals += evals_per_outer
@@ -139,6 +139,42 @@ def _run(
         if callback is not None:
             callback({"iteration": k, "x": x, "theta": theta, "kernel": h, "data_fidelity": f, "score_evals": evals})
     return DeblurResult(image=x.detach(), kernel=fam(theta).detach(), theta=theta, history=hist)
+
+
+def proximal_gradient_step(
+    prior, y, sigma_y, K_x, gamma_x, sigma_eps=None, boundary="circular", cg_tol=1e-5, cg_max_iter=100
+):
+    """The image update of Algorithm 1 (lines 5–7) as a function (x, h) ↦ x: K_x proximal-gradient steps
+    x ← prox_{γ_x f(·,θ)}(x + γ_x σ_y² s(x, σ_ε)). Works on a batch of independent problems."""
+    check_positive("gamma_x", gamma_x)
+    sigma_eps = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
+
+    def image_step(x: Tensor, h: Tensor) -> Tensor:
+        for _ in range(int(K_x)):
+            with torch.no_grad():
+                z = x + gamma_x * sigma_y**2 * prior.score(x, sigma_eps)
+            x = prox_data(z, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol)
+        return x
+
+    return image_step
+
+
+def douglas_rachford_step(
+    prior, y, sigma_y, K_x, gamma_x, sigma_denoiser=None, boundary="circular", cg_tol=1e-5, cg_max_iter=100
+):
+    """The image update of Algorithm 2 (lines 5–8) as a function (x, h) ↦ x: K_x Douglas–Rachford steps
+    z = D(x, σ_d), x ← x + prox_{γ_x f}(2z − x) − z."""
+    check_positive("gamma_x", gamma_x)
+    sigma_d = prior.check_sigma(sigma_y if sigma_denoiser is None else sigma_denoiser, "sigma_denoiser")
+
+    def image_step(x: Tensor, h: Tensor) -> Tensor:
+        for _ in range(int(K_x)):
+            with torch.no_grad():
+                z = prior.denoise(x, sigma_d)
+            x = x + prox_data(2 * z - x, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol) - z
+        return x
+
+    return image_step
 
 
 def alternating(
@@ -172,16 +208,8 @@ def alternating(
     evaluations).
     """
     y, theta = _check_common(y, prior, family, theta0, sigma_y, boundary, K, K_x, R)
-    check_positive("gamma_x", gamma_x)
     stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
-    sigma_eps = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
-
-    def image_step(x: Tensor, h: Tensor) -> Tensor:
-        for _ in range(int(K_x)):
-            with torch.no_grad():
-                z = x + gamma_x * sigma_y**2 * prior.score(x, sigma_eps)
-            x = prox_data(z, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol)
-        return x
+    image_step = proximal_gradient_step(prior, y, sigma_y, K_x, gamma_x, sigma_eps, boundary, cg_tol, cg_max_iter)
 
     return _run(
         image_step,
@@ -227,16 +255,8 @@ def douglas_rachford(
     returned.
     """
     y, theta = _check_common(y, prior, family, theta0, sigma_y, boundary, K, K_x, R)
-    check_positive("gamma_x", gamma_x)
     stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
-    sigma_d = prior.check_sigma(sigma_y if sigma_denoiser is None else sigma_denoiser, "sigma_denoiser")
-
-    def image_step(x: Tensor, h: Tensor) -> Tensor:
-        for _ in range(int(K_x)):
-            with torch.no_grad():
-                z = prior.denoise(x, sigma_d)
-            x = x + prox_data(2 * z - x, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol) - z
-        return x
+    image_step = douglas_rachford_step(prior, y, sigma_y, K_x, gamma_x, sigma_denoiser, boundary, cg_tol, cg_max_iter)
 
     return _run(
         image_step,
