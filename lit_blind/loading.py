@@ -8,7 +8,19 @@ Accepted specs (this module grows with the loaders of the pretrained models):
   repository, or under ``$LIT_BLIND_CHECKPOINTS``;
 * a diffusers ``UNet2DModel`` folder (``config.json`` + weights) whose output is the VE score; its σ range
   comes from ``lit_blind_prior.json`` beside the weights (written by ``ScoreTrainingModule.export``) or
-  from ``sigma_min`` / ``sigma_max`` keyword arguments.
+  from ``sigma_min`` / ``sigma_max`` keyword arguments;
+* a denoiser state dict (``.pth``), recognised by its keys: DnCNN and FFDNet in the KAIR layout (e.g.
+  ``dncnn_25.pth``, ``ffdnet_gray.pth``; mapped onto deepinv's ``DnCNN`` / ``FFDNet``) and deepinv's
+  ``DRUNet`` — usable by Algorithm 2 and, through Tweedie, as scores within their σ range;
+* ``kind="edm-ncsnpp"`` / ``"edm-adm"``: deepinv's EDM ``NCSNpp`` (FFHQ-64, AFHQ-64) / ``ADMUNet``
+  (ImageNet-64, ``class_label`` argument) state dicts, σ ∈ [0.001, 40] in [0, 1] units;
+* an original NVlabs EDM ``.pkl``: unpickling runs code from the file, so only with ``trusted=True``
+  (and NVlabs/edm's ``torch_utils`` / ``dnnlib`` importable); its network works on [−1, 1] and is adapted
+  at the edge.
+
+score_sde ``.pth`` checkpoints (dict with model/ema/optimizer/step) are recognised and refused with a clear
+error for now: convert them with diffusers' ``convert_ncsnpp_original_checkpoint_to_diffusers.py`` and
+pass the folder.
 """
 
 from __future__ import annotations
@@ -17,7 +29,9 @@ import json
 import os
 from pathlib import Path
 
-from lit_blind.priors import GaussianPrior, Prior, UNetScorePrior
+import torch
+
+from lit_blind.priors import DenoiserPrior, GaussianPrior, Prior, UNetScorePrior
 
 SHIPPED = ("mnist-small", "natural-gray-small")
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -60,6 +74,143 @@ def load_diffusers_ve(
     return UNetScorePrior(unet.eval().requires_grad_(False), sigma_min=sigma_min, sigma_max=sigma_max)
 
 
+def _kair_dncnn(sd: dict) -> torch.nn.Module:
+    """KAIR DnCNN (``model.{0,2,…}``, D = x − net(x)) as deepinv's DnCNN (D = out_conv(·) + x)."""
+    from deepinv.models import DnCNN
+
+    convs = sorted({int(k.split(".")[1]) for k in sd if k.startswith("model.")})
+    c = sd["model.0.weight"].shape[1]
+    net = DnCNN(
+        in_channels=c, out_channels=c, depth=len(convs), bias=True, nf=sd["model.0.weight"].shape[0], pretrained=None
+    )
+    new = {"in_conv.weight": sd["model.0.weight"], "in_conv.bias": sd["model.0.bias"]}
+    for i, j in enumerate(convs[1:-1]):
+        new[f"conv_list.{i}.weight"], new[f"conv_list.{i}.bias"] = sd[f"model.{j}.weight"], sd[f"model.{j}.bias"]
+    new["out_conv.weight"], new["out_conv.bias"] = -sd[f"model.{convs[-1]}.weight"], -sd[f"model.{convs[-1]}.bias"]
+    net.load_state_dict(new, strict=True)
+    return net
+
+
+def _kair_ffdnet(sd: dict) -> torch.nn.Module:
+    """KAIR FFDNet (unshuffle x, then concat one σ map: 4c + 1 inputs) as deepinv's FFDNet, which unshuffles
+    [x, σ map] (4c + 4 inputs): the σ weights are split evenly over the four identical σ channels."""
+    from deepinv.models import FFDNet
+
+    convs = sorted({int(k.split(".")[1]) for k in sd if k.startswith("model.")})
+    w0 = sd["model.0.weight"]
+    c = (w0.shape[1] - 1) // 4
+    net = FFDNet(n_conv_layers=len(convs), nf=w0.shape[0], img_channels=c, pretrained=None)
+    sigma_w = w0[:, 4 * c :].repeat(1, 4, 1, 1) / 4
+    new = {"blocks.0.0.weight": torch.cat([w0[:, : 4 * c], sigma_w], 1), "blocks.0.0.bias": sd["model.0.bias"]}
+    for i, j in enumerate(convs[1:-1], start=1):
+        new[f"blocks.{i}.0.weight"], new[f"blocks.{i}.0.bias"] = sd[f"model.{j}.weight"], sd[f"model.{j}.bias"]
+    last = len(convs) - 1
+    new[f"blocks.{last}.weight"], new[f"blocks.{last}.bias"] = (
+        sd[f"model.{convs[-1]}.weight"],
+        sd[f"model.{convs[-1]}.bias"],
+    )
+    net.load_state_dict(new, strict=True)
+    return net
+
+
+def load_denoiser(path: str | Path, kind: str | None = None, **kw) -> DenoiserPrior:
+    """A denoiser or EDM state dict as a :class:`DenoiserPrior` (see the module docstring for ``kind``)."""
+    path = Path(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or not a torch file
+        raise ValueError(f"{path} must be a torch state dict (.pth), could not be read: {err}") from err
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} must hold a state dict, got {type(sd).__name__}")
+    if {"model", "ema", "step"} <= sd.keys():
+        raise ValueError(
+            f"{path} is a score_sde checkpoint (model/ema/optimizer/step); lit_blind does not map NCSN++ weights yet: "
+            "convert it with diffusers' scripts/convert_ncsnpp_original_checkpoint_to_diffusers.py and pass the folder"
+        )
+    if kind in ("edm-ncsnpp", "edm-adm"):
+        from deepinv.models import ADMUNet, NCSNpp
+
+        if kind == "edm-ncsnpp":
+            net = NCSNpp(pretrained=None)
+            label = {}
+        else:
+            net = ADMUNet(img_resolution=64, label_dim=1000, pretrained=None)
+            label = {"num_classes": 1000, "class_label": kw.pop("class_label", 0)}
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not match deepinv's {type(net).__name__} ({kind}): {err}") from err
+        opts = {"channels": 3, "sigma_min": 0.001, "sigma_max": 40.0, "image_size": (64, 64), "terminal_mean": 0.5}
+        return DenoiserPrior(net.eval().requires_grad_(False), **{**opts, **label, **kw})
+    if kind is not None:
+        raise ValueError(f"kind must be None, 'edm-ncsnpp' or 'edm-adm', got {kind!r}")
+    if "model.0.weight" in sd:
+        c_in = sd["model.0.weight"].shape[1]
+        if c_in in (1, 3):
+            net, opts = _kair_dncnn(sd), {"channels": c_in, "sigma_min": 25 / 255, "sigma_max": 25 / 255}
+        elif c_in in (5, 15):
+            net, opts = (
+                _kair_ffdnet(sd),
+                {"channels": (c_in - 1) // 4, "sigma_min": 1 / 255, "sigma_max": 75 / 255, "multiple": 2},
+            )
+        else:
+            raise ValueError(
+                f"{path}: a KAIR layout with {c_in} input channels is neither DnCNN (1, 3) nor FFDNet (5, 15)"
+            )
+        return DenoiserPrior(net.eval().requires_grad_(False), **{**opts, **kw})
+    if "m_head.weight" in sd:
+        from deepinv.models import DRUNet
+
+        c = sd["m_head.weight"].shape[1] - 1
+        net = DRUNet(in_channels=c, out_channels=c, pretrained=None)
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not match deepinv's DRUNet: {err}") from err
+        opts = {"channels": c, "sigma_min": 1 / 255, "sigma_max": 50 / 255, "multiple": 8}
+        return DenoiserPrior(net.eval().requires_grad_(False), **{**opts, **kw})
+    raise ValueError(
+        f"{path}: unrecognised state dict (keys {list(sd)[:4]}...); pass kind='edm-ncsnpp' or 'edm-adm' for EDM weights"
+    )
+
+
+def load_edm_pickle(path: str | Path, trusted: bool = False, class_label: int | None = None, **kw) -> DenoiserPrior:
+    """An NVlabs EDM ``.pkl`` (``{"ema": EDMPrecond, ...}``) as a prior. Unpickling executes code stored in
+    the file, hence ``trusted=True`` is required."""
+    import pickle
+
+    path = Path(path)
+    if not trusted:
+        raise ValueError(
+            f"{path} is a pickle: loading it executes code from the file. Pass trusted=True only for files from a "
+            "source you trust (e.g. the NVlabs EDM release)"
+        )
+    try:
+        with path.open("rb") as f:
+            data = pickle.load(f)  # noqa: S301 - gated by trusted=True above
+    except ModuleNotFoundError as err:
+        raise ValueError(f"{path} needs NVlabs/edm's torch_utils and dnnlib on the Python path: {err}") from err
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable pickle (truncated?): {err}") from err
+    net = data.get("ema") if isinstance(data, dict) else None
+    if net is None:
+        raise ValueError(f"{path} must hold a dict with an 'ema' network, got {type(data).__name__}")
+    label_dim = int(getattr(net, "label_dim", 0) or 0)
+    opts = {
+        "channels": int(getattr(net, "img_channels", 3)),
+        "sigma_min": 0.001,
+        "sigma_max": 40.0,
+        "minus_one_one": True,
+        "terminal_mean": 0.5,
+        "num_classes": label_dim,
+        "class_label": class_label if class_label is not None else (0 if label_dim else None),
+    }
+    res = getattr(net, "img_resolution", None)
+    if res:
+        opts["image_size"] = (int(res), int(res))
+    return DenoiserPrior(net.eval().requires_grad_(False), **{**opts, **kw})
+
+
 def load_prior(spec: str | Path, **kw) -> Prior:
     """A prior from a name or a path (see the module docstring).
 
@@ -76,8 +227,15 @@ def load_prior(spec: str | Path, **kw) -> Prior:
     path = Path(spec_s)
     if path.is_dir() and (path / "config.json").is_file():
         return load_diffusers_ve(path, **kw)
+    if path.is_file() and path.suffix == ".pkl":
+        return load_edm_pickle(path, **kw)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        return load_denoiser(path, **kw)
+    if not path.exists() and (path.suffix or os.sep in spec_s):
+        raise ValueError(f"spec names a file or folder that does not exist: {spec_s!r}")
     raise ValueError(
-        f"spec must be 'gaussian', 'gaussian-rgb', one of {SHIPPED} or a diffusers UNet2DModel folder, got {spec_s!r}"
+        f"spec must be 'gaussian', 'gaussian-rgb', one of {SHIPPED}, a diffusers UNet2DModel folder, "
+        f"a denoiser/EDM .pth or an EDM .pkl, got {spec_s!r}"
     )
 
 

@@ -317,3 +317,65 @@ class UNetScorePrior(Prior):
         p = next(self.unet.parameters())
         out = self.unet(x.to(p.dtype), sigma.reshape(-1).to(p.dtype)).sample
         return out.to(x.dtype)
+
+
+class DenoiserPrior(Prior):
+    r"""A denoiser as a prior: D(x, σ) directly, the score by Tweedie, s = (D(x, σ) − x)/σ².
+
+    ``denoiser(x, sigma)`` follows deepinv's ``Denoiser`` convention (x and σ in [0, 1] units, σ a (B,)
+    tensor) — DnCNN, FFDNet, DRUNet, and deepinv's EDM ``NCSNpp`` / ``ADMUNet``, which rescale to [−1, 1]
+    internally. ``minus_one_one=True`` adapts a native EDM network D(z; s) on [−1, 1] (e.g. an NVlabs pickle)
+    at this edge: D₀₁(x, σ) = (D(2x − 1; 2σ) + 1)/2, so potentials come out in [0, 1] units (the d·ln 2
+    Jacobian is then implicit in the ODE). ``class_label`` selects one class of a conditional network
+    (one-hot over ``num_classes``). The terminal density is N(``terminal_mean``, σ_max² I).
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        channels: int = 1,
+        sigma_min: float = 0.01,
+        sigma_max: float = 0.2,
+        image_size: tuple[int, int] | None = None,
+        multiple: int = 1,
+        minus_one_one: bool = False,
+        terminal_mean: float = 0.0,
+        class_label: int | None = None,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.channels, self.multiple = int(channels), int(multiple)
+        self.image_size = None if image_size is None else tuple(image_size)
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
+        if self.sigma_max < self.sigma_min:
+            raise ValueError(f"sigma_max must be >= sigma_min, got {sigma_max} < {sigma_min}")
+        self.minus_one_one, self.terminal_mean = bool(minus_one_one), float(terminal_mean)
+        if class_label is not None and not 0 <= int(class_label) < int(num_classes):
+            raise ValueError(f"class_label must lie in [0, {num_classes}), got {class_label}")
+        self.class_label, self.num_classes = class_label, int(num_classes)
+
+    def check_input(self, x: Tensor, name: str = "x") -> Tensor:
+        x = super().check_input(x, name)
+        if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
+            raise ValueError(f"{name} must have height and width divisible by {self.multiple}, got {tuple(x.shape)}")
+        return x
+
+    def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        p = next(self.denoiser.parameters(), None)
+        dtype = x.dtype if p is None else p.dtype
+        kw = {}
+        if self.class_label is not None:
+            onehot = torch.zeros(x.shape[0], self.num_classes, dtype=dtype, device=x.device)
+            onehot[:, self.class_label] = 1
+            kw["class_labels"] = onehot
+        s = sigma.reshape(-1).to(dtype)
+        if self.minus_one_one:
+            out = (self.denoiser((2 * x - 1).to(dtype), 2 * s, **kw) + 1) / 2
+        else:
+            out = self.denoiser(x.to(dtype), s, **kw)
+        return out.to(x.dtype)
+
+    def terminal_log_prob(self, x: Tensor) -> Tensor:
+        return super().terminal_log_prob(x - self.terminal_mean)
