@@ -68,7 +68,8 @@ class ImageDataset(Dataset):
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Evaluation images: files under ``root`` matching ``pattern`` (sorted), and/or embedded skimage images.
+    """Evaluation images: files under ``root`` matching ``pattern`` (sorted), embedded skimage images, and/or
+    binarised, 32×32-padded MNIST test digits from the IDX files under ``mnist``.
 
     Example YAML::
 
@@ -82,6 +83,7 @@ class ImageDataModule(pl.LightningDataModule):
         root: str | None = None,
         pattern: str = "*",
         embedded: Sequence[str] = (),
+        mnist: str | None = None,
         channels: int = 1,
         size: int | None = None,
         scale: int = 1,
@@ -90,8 +92,8 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if root is None and not embedded:
-            raise ValueError("root or embedded must be given, got neither")
+        if root is None and not embedded and mnist is None:
+            raise ValueError("root, embedded or mnist must be given, got none")
         if root is not None and not Path(root).is_dir():
             raise ValueError(f"root must be an existing folder, got {root!r}")
         for name in embedded:
@@ -101,7 +103,7 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if scale < 1 or (size is not None and size < 1) or (limit is not None and limit < 1):
             raise ValueError(f"scale, size and limit must be positive, got {scale}, {size}, {limit}")
-        self.root, self.pattern, self.embedded = root, pattern, list(embedded)
+        self.root, self.pattern, self.embedded, self.mnist = root, pattern, list(embedded), mnist
         self.channels, self.size, self.scale, self.limit = channels, size, int(scale), limit
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.dataset: ImageDataset | None = None
@@ -113,6 +115,13 @@ class ImageDataModule(pl.LightningDataModule):
             if not files:
                 raise ValueError(f"no images matching {self.pattern!r} in {self.root}")
             images += [(p.stem, read_image(p, channels=self.channels)) for p in files]
+        if self.mnist is not None:
+            test = _find_mnist(Path(self.mnist), "test")
+            if test is None:
+                raise ValueError(f"mnist must be a folder with the MNIST IDX files, none found in {self.mnist}")
+            digits = read_idx_images(test)[: self.limit]
+            digits = torch.nn.functional.pad((digits.float() / 255 > 0.5).float()[:, None], (2, 2, 2, 2))
+            images += [(f"mnist_test_{i:05d}", d[None]) for i, d in enumerate(digits)]
         return images[: self.limit]
 
     def setup(self, stage: str | None = None) -> None:

@@ -6,7 +6,8 @@ Accepted specs (this module grows with the loaders of the pretrained models):
   channels (keyword arguments forwarded);
 * a shipped prior name (``"mnist-small"``, ``"natural-gray-small"``): a folder under ``checkpoints/`` of the
   repository, or under ``$LIT_BLIND_CHECKPOINTS``;
-* a diffusers ``UNet2DModel`` folder (``config.json`` + weights) whose output is the VE score; its σ range
+* a diffusers ``UNet2DModel`` folder (``config.json`` + weights) or hub id (``google/ncsnpp-ffhq-256``, needs
+  the network once) whose output is the VE score in [0, 1] units; its σ range
   comes from ``lit_blind_prior.json`` beside the weights (written by ``ScoreTrainingModule.export``) or
   from ``sigma_min`` / ``sigma_max`` keyword arguments;
 * a denoiser state dict (``.pth``), recognised by its keys: DnCNN and FFDNet in the KAIR layout (e.g.
@@ -58,6 +59,7 @@ def load_diffusers_ve(
     """A diffusers VE ``UNet2DModel`` folder as a prior; σ range from ``lit_blind_prior.json`` or arguments."""
     from diffusers import UNet2DModel
 
+    hub = not Path(directory).exists()
     directory = Path(directory)
     meta_path = directory / "lit_blind_prior.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -68,7 +70,7 @@ def load_diffusers_ve(
             f"sigma_min and sigma_max must be given for {directory} (no lit_blind_prior.json there), got {sigma_min}, {sigma_max}"
         )
     try:
-        unet = UNet2DModel.from_pretrained(directory)
+        unet = UNet2DModel.from_pretrained(str(directory) if hub else directory)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{directory} must hold a diffusers UNet2DModel (config.json + weights): {err}") from err
     return UNetScorePrior(unet.eval().requires_grad_(False), sigma_min=sigma_min, sigma_max=sigma_max)
@@ -231,6 +233,8 @@ def load_prior(spec: str | Path, **kw) -> Prior:
         return load_edm_pickle(path, **kw)
     if path.is_file() and path.suffix in (".pth", ".pt"):
         return load_denoiser(path, **kw)
+    if not path.exists() and spec_s.count("/") == 1 and not spec_s.startswith((".", "/")) and not path.suffix:
+        return load_diffusers_ve(spec_s, **kw)  # a Hugging Face hub id, e.g. google/ncsnpp-ffhq-256
     if not path.exists() and (path.suffix or os.sep in spec_s):
         raise ValueError(f"spec names a file or folder that does not exist: {spec_s!r}")
     raise ValueError(
@@ -239,15 +243,43 @@ def load_prior(spec: str | Path, **kw) -> Prior:
     )
 
 
-class PretrainedPrior(UNetScorePrior):
-    """A loadable network prior for YAML configs: ``{class_path: lit_blind.loading.PretrainedPrior,
-    init_args: {spec: mnist-small}}``."""
+class LoadedPrior(Prior):
+    """Any :func:`load_prior` spec as a prior for YAML configs (LightningCLI instantiates classes)::
 
-    def __init__(self, spec: str, sigma_min: float | None = None, sigma_max: float | None = None) -> None:
-        loaded = load_prior(
-            spec, **{k: v for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max)) if v is not None}
-        )
-        if not isinstance(loaded, UNetScorePrior):
-            raise ValueError(f"spec must name a network prior, got {spec!r}")
-        super().__init__(loaded.unet, loaded.sigma_min, loaded.sigma_max)
+    prior: {class_path: lit_blind.loading.LoadedPrior, init_args: {spec: mnist-small}}
+    prior: {class_path: lit_blind.loading.LoadedPrior, init_args: {spec: google/ncsnpp-ffhq-256, sigma_min: 0.01, sigma_max: 348}}
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        kind: str | None = None,
+        trusted: bool = False,
+        class_label: int | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+    ) -> None:
+        super().__init__()
+        kw = {
+            "kind": kind,
+            "trusted": trusted,
+            "class_label": class_label,
+            "sigma_min": sigma_min,
+            "sigma_max": sigma_max,
+        }
+        self.inner = load_prior(spec, **{k: v for k, v in kw.items() if v not in (None, False)})
         self.spec = spec
+        for name in ("channels", "image_size", "sigma_min", "sigma_max", "sigma_range_strict"):
+            setattr(self, name, getattr(self.inner, name))
+
+    def check_input(self, x, name: str = "x"):
+        return self.inner.check_input(x, name)
+
+    def _score(self, x, sigma):
+        return self.inner._score(x, sigma)
+
+    def _denoise(self, x, sigma):
+        return self.inner._denoise(x, sigma)
+
+    def terminal_log_prob(self, x):
+        return self.inner.terminal_log_prob(x)

@@ -151,3 +151,32 @@ def test_bad_probe_arguments_fail_before_work():
         BlurLikelihoodProbe(boundary="valid")
     with pytest.raises(ValueError, match="name must be one of"):
         BlurLikelihoodProbe(families=["box"])
+
+
+PRIOR_CONFIGS = sorted((ROOT / "configs" / "priors").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", PRIOR_CONFIGS, ids=[p.stem for p in PRIOR_CONFIGS])
+def test_prior_configs_parse(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(["test", "--config", BLUR, "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "prior" in capsys.readouterr().out
+
+
+def test_gaussian_prior_config_runs(tmp_path):
+    out = tmp_path / "g"
+    run_lightning_cli(_blur_args(out, "--config", str(ROOT / "configs/priors/gaussian.yaml")))
+    assert len(ResultsFile(out, KEY).rows()) == 12
+
+
+def test_loaded_prior_wraps_any_spec():
+    import torch
+
+    from lit_blind.loading import LoadedPrior
+    from lit_blind.priors import GaussianPrior
+
+    p = LoadedPrior("gaussian")
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(p.score(x, 0.1), GaussianPrior().score(x, 0.1))
+    assert p.channels == 1 and p.sigma_min == 0.01
