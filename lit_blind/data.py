@@ -405,3 +405,57 @@ class _Repeat(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.y
+
+
+class LevinDataModule(pl.LightningDataModule):
+    """Levin et al. 2009: the 32 real blurred 255×255 images with their sharp image and kernel.
+
+    Items: ``image`` (the blurred y), ``sharp``, ``kernel`` (flipped from Levin's correlation convention to
+    true convolution on load, padded to ``kernel_pad`` so that items collate), ``image_id`` ``im{i}_kernel{j}``.
+    ``images`` / ``kernels`` select subsets (1-based, as in the file names).
+    """
+
+    def __init__(
+        self,
+        root: str = "../shared/data/levin09",
+        images: Sequence[int] = (1, 2, 3, 4),
+        kernels: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8),
+        kernel_pad: int = 27,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not Path(root).is_dir():
+            raise ValueError(f"root must be the levin09 folder, got {root!r}")
+        self.root, self.images, self.kernels = Path(root), list(images), list(kernels)
+        self.kernel_pad, self.num_workers = int(kernel_pad), int(num_workers)
+        self.items: list[dict] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.items is not None:
+            return
+        from lit_blind.io import read_levin_kernels
+
+        ks = read_levin_kernels(self.root / "kernels" / "Levin09.mat")
+        self.items = []
+        for i in self.images:
+            sharp = read_image(self.root / "sharp" / f"im{i}.png", channels=1)[0]
+            for j in self.kernels:
+                k = ks[j - 1]
+                p = (self.kernel_pad - k.shape[-1]) // 2
+                if p < 0:
+                    raise ValueError(f"kernel_pad must be >= {k.shape[-1]} (kernel {j}), got {self.kernel_pad}")
+                y = read_image(self.root / "blurred" / f"im{i}_kernel{j}_img.png", channels=1)[0]
+                self.items.append(
+                    {
+                        "image": y,
+                        "sharp": sharp,
+                        "kernel": torch.nn.functional.pad(k, (p,) * 4)[0],
+                        "image_id": f"im{i}_kernel{j}",
+                    }
+                )
+        for n, item in enumerate(self.items):
+            item["index"] = n
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.items, batch_size=1, shuffle=False, num_workers=self.num_workers)

@@ -271,6 +271,7 @@ class LoadedPrior(Prior):
         self.spec = spec
         for name in ("channels", "image_size", "sigma_min", "sigma_max", "sigma_range_strict"):
             setattr(self, name, getattr(self.inner, name))
+        self.multiple = getattr(self.inner, "multiple", 1)
 
     def check_input(self, x, name: str = "x"):
         return self.inner.check_input(x, name)

@@ -30,13 +30,14 @@ from lit_blind.results import ResultsFile
 class Probe:
     """What ``PriorEvaluationModule`` runs per image: ``run`` appends rows, ``summarize`` reduces them.
 
-    ``key`` names the fields that identify a row (for resuming); ``figures`` returns matplotlib figures
-    made from all rows; ``image_grid`` the inputs worth showing for one image.
+    ``key`` names the fields that identify a row (for resuming); ``item`` carries the other fields of the
+    dataset item (e.g. a ground-truth kernel); ``figures`` returns matplotlib figures made from all rows;
+    ``image_grid`` the inputs worth showing for one image.
     """
 
     key: tuple[str, ...] = ("image_id",)
 
-    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile) -> list[dict]:
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         raise NotImplementedError
 
     def summarize(self, rows: list[dict]) -> dict:
@@ -111,7 +112,7 @@ class BlurLikelihoodProbe(Probe):
             units.extend((name, t) for t in thetas)
         return units, torch.cat(images)
 
-    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile) -> list[dict]:
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         x = prior.check_input(x.to(torch.float64))
         units, images = self.blurred(x)
         todo = [
@@ -268,7 +269,7 @@ class TimingProbe(Probe):
         self.solver_kw = dict(solver=solver, rtol=rtol, atol=atol, steps=steps, sigma_eps=sigma_eps)
         self.repeats, self.seed = int(repeats), int(seed)
 
-    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile) -> list[dict]:
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         if results.done({"image_id": image_id}):
             return []
         x = prior.check_input(x)
@@ -320,3 +321,126 @@ def hardware(device: torch.device) -> str:
     return (
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     )
+
+
+class DeblurProbe(Probe):
+    """Blind deconvolution of each image against its ground truth (Levin et al. 2009 protocol).
+
+    The item must carry ``sharp`` (1, C, H', W') and ``kernel`` (1, 1, k, k, true convolution). For each
+    init, :func:`~lit_blind.api.deblur` runs with the given settings; the row holds the Levin error ratio
+    (:func:`~lit_blind.metrics.error_ratio`, same non-blind solver for both kernels), the kernel error, the
+    PSNR of the estimate, its kernel error to the Dirac (the no-blur solution), score evaluations and seconds.
+    """
+
+    key = ("image_id", "init")
+
+    def __init__(
+        self,
+        inits: Sequence[str] = ("large", "small"),
+        algorithm: str = "alternating",
+        kernel_size: int = 31,
+        boundary: str = "valid",
+        sigma_y: float = 0.01,
+        K: int = 40,
+        K_x: int = 10,
+        gamma_x: float | None = 0.1,
+        gamma_theta: float | str = "armijo",
+        theta_steps: int = 5,
+        R: int = 100,
+        sigma_denoiser: float | None = None,
+    ) -> None:
+        for init in inits:
+            check_choice("init", init, ("large", "small"))
+        check_choice("algorithm", algorithm, ("alternating", "drs"))
+        self.inits = list(inits)
+        self.kw = dict(
+            algorithm=algorithm,
+            kernel_size=kernel_size,
+            boundary=boundary,
+            sigma_y=sigma_y,
+            K=K,
+            K_x=K_x,
+            gamma_x=gamma_x,
+            gamma_theta=gamma_theta,
+            theta_steps=theta_steps,
+            R=R,
+            sigma_denoiser=sigma_denoiser,
+        )
+
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
+        from lit_blind.api import deblur
+        from lit_blind.kernels import dirac
+        from lit_blind.metrics import error_ratio, kernel_error, psnr
+
+        if item is None or "sharp" not in item or "kernel" not in item:
+            raise ValueError("DeblurProbe needs items with 'sharp' and 'kernel' (e.g. LevinDataModule)")
+        sharp, h_true = item["sharp"].double(), item["kernel"].double()
+        rows = []
+        for init in self.inits:
+            if results.done({"image_id": image_id, "init": init}):
+                continue
+            t0 = time.perf_counter()
+            res = deblur(x.double(), prior, init=init, **self.kw)
+            c = self.kw["kernel_size"] // 2
+            est = res.image[..., c:-c, c:-c] if self.kw["boundary"] == "valid" else res.image
+            row = {
+                "image_id": image_id,
+                "init": init,
+                "error_ratio": error_ratio(x.double(), sharp, res.kernel, h_true),
+                "kernel_error": kernel_error(res.kernel, h_true),
+                "no_blur_distance": kernel_error(res.kernel, dirac(res.kernel.shape[-1], torch.float64)),
+                "psnr": psnr(est, sharp),
+                "score_evals": res.history["score_evals"][-1],
+                "seconds": time.perf_counter() - t0,
+                "device": hardware(x.device),
+            }
+            results.append(row)
+            rows.append(row)
+        return rows
+
+    def summarize(self, rows: list[dict]) -> dict:
+        out: dict = {}
+        for init in self.inits:
+            r = [row for row in rows if row.get("init") == init and "error_ratio" in row]
+            if not r:
+                continue
+            n = len(r)
+            out[init] = {
+                "images": n,
+                "success_rate_er_le_3": sum(row["error_ratio"] <= 3 for row in r) / n,
+                "mean_error_ratio": sum(row["error_ratio"] for row in r) / n,
+                "mean_kernel_error": sum(row["kernel_error"] for row in r) / n,
+                "mean_no_blur_distance": sum(row["no_blur_distance"] for row in r) / n,
+                "mean_psnr": sum(row["psnr"] for row in r) / n,
+                "seconds_per_image": sum(row["seconds"] for row in r) / n,
+                "device": r[0]["device"],
+            }
+        return out
+
+    def figures(self, rows: list[dict]) -> dict:
+        """Cumulative histogram of error ratios (Levin et al. 2009, Fig. 4 style), one curve per init."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        bins = [1.5, 2, 2.5, 3, 3.5, 4, 5]
+        for init in self.inits:
+            er = [row["error_ratio"] for row in rows if row.get("init") == init and "error_ratio" in row]
+            if er:
+                ax.plot(
+                    bins,
+                    [sum(e <= b for e in er) / len(er) for b in bins],
+                    "o-",
+                    label=f"{init} init ({len(er)} images)",
+                )
+        ax.set(
+            xlabel="error ratio",
+            ylabel="fraction of images ≤ ratio",
+            ylim=(0, 1.05),
+            title="Levin 2009 cumulative error ratios",
+        )
+        ax.legend()
+        fig.tight_layout()
+        return {"error_ratios": fig}

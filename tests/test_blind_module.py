@@ -108,3 +108,45 @@ def test_drs_real_config_smoke(tmp_path, shared_data, monkeypatch):
     )
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["problems"]) == 2 and (out / "images").is_dir()
+
+
+def test_levin_benchmark_config_smoke(tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "lev"
+    args = [
+        "test",
+        "--config",
+        str(ROOT / "configs/benchmarks/levin09.yaml"),
+        "--config",
+        str(ROOT / "configs/benchmarks/levin09_ffdnet.yaml"),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.init_args.output_dir",
+        str(out),
+        "--model.init_args.probe.init_args.K",
+        "2",
+        "--model.init_args.probe.init_args.K_x",
+        "2",
+        "--data.init_args.images",
+        "[1]",
+        "--data.init_args.kernels",
+        "[3]",
+    ]
+    run_lightning_cli(args)
+    summary = json.loads((out / "summary.json").read_text())
+    for init in ("large", "small"):
+        assert summary[init]["images"] == 1 and summary[init]["mean_error_ratio"] > 0
+    assert (out / "figures" / "error_ratios.png").is_file()
+    run_lightning_cli(args)  # resumes: nothing recomputed
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_levin_data_module(shared_data):
+    from lit_blind.data import LevinDataModule
+
+    dm = LevinDataModule(root=str(shared_data / "levin09"), images=[2], kernels=[4, 5])
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (1, 1, 255, 255) and batch["kernel"].shape == (1, 1, 27, 27)
+    assert abs(batch["kernel"].sum().item() - 1) < 1e-9 and batch["image_id"] == ["im2_kernel4"]

@@ -43,7 +43,12 @@ class PriorEvaluationModule(pl.LightningModule):
             image_id = str(batch["image_id"][j])
             with torch.inference_mode(False), torch.enable_grad():
                 x = batch["image"][j : j + 1].clone()
-                rows = self.probe.run(self.prior, x, image_id, self.results)
+                item = {
+                    k: v[j : j + 1]
+                    for k, v in batch.items()
+                    if k not in ("image", "image_id", "index") and hasattr(v, "shape")
+                }
+                rows = self.probe.run(self.prior, x, image_id, self.results, item=item)
                 grid = None if self._grid_logged else self.probe.image_grid(x)
             self._log_rows(rows, grid, image_id)
 
