@@ -1,0 +1,112 @@
+import torch
+
+from lit_blind.kernels import family
+from lit_blind.landscape import (
+    check_local_minimizer,
+    find_critical_point,
+    hessian_spectrum,
+    noiseless_profile,
+    noisy_profile,
+)
+from lit_blind.physics import add_noise, blur
+from lit_blind.priors import GaussianMixturePrior, GaussianPrior, Prior
+
+D = torch.float64
+
+
+def test_dense_spectrum_equals_closed_form(gen):
+    prior = GaussianPrior()
+    x = torch.rand(1, 1, 7, 5, generator=gen, dtype=D)
+    res = hessian_spectrum(prior, x, method="dense")
+    exact = (0.01**2 / (prior.spectrum(7, 5) + 0.01**2)).flatten().sort().values
+    torch.testing.assert_close(res.singular_values, exact, rtol=1e-10, atol=1e-14)
+    assert res.products == 35
+
+
+def test_dense_spectrum_of_mixture_uses_autograd_path(gen):
+    """The mixture's exact hvp and the generic autograd products (JVP as VJP of VJP) agree."""
+    from lit_blind.landscape import _Operator
+
+    means = torch.rand(3, 1, 4, 5, generator=gen, dtype=D)
+    prior = GaussianMixturePrior(means, std=0.05)
+    x = means[:1] + 0.03 * torch.randn(1, 1, 4, 5, generator=gen, dtype=D)
+    op = _Operator(prior, x, 0.01)
+    v = torch.randn(3, 20, generator=gen, dtype=D)
+    exact = op.matmat(v)
+    op.symmetric = False
+    torch.testing.assert_close(op.matmat(v), exact)
+    torch.testing.assert_close(op.rmatmat(v), exact)  # A is symmetric for an exact prior
+
+
+class _ManifoldPrior(Prior):
+    """N(0, s²I + U diag(b) Uᵀ): m directions (the "manifold") with huge variance b, exact hvp. The Hessian
+    σ²∇²q has m eigenvalues σ²/(s² + b + σ²) and d − m equal to σ²/(s² + σ²): a known count, a clear gap."""
+
+    sigma_range_strict = False
+
+    def __init__(self, u, s=0.1, b=1e3):
+        super().__init__()
+        self.u, self.s2, self.b = u, s**2, b
+        self.channels, self.image_size = 1, (16, 16)
+
+    def hvp(self, x, v, sigma):
+        var = self.s2 + float(sigma) ** 2
+        coef = (v.flatten(1) @ self.u) * (self.b / (var * (var + self.b)))
+        return v / var - (coef @ self.u.T).reshape(v.shape)
+
+    def _score(self, x, sigma):
+        return -self.hvp(x, x, sigma)
+
+
+def test_block_method_counts_small_singular_values_exactly(gen):
+    m = 5
+    u, _ = torch.linalg.qr(torch.randn(256, m, generator=gen, dtype=D))
+    prior = _ManifoldPrior(u)
+    x = torch.rand(1, 1, 16, 16, generator=gen, dtype=D)
+    res = hessian_spectrum(prior, x, method="block", k=m + 3, threshold=1e-5)
+    assert res.dimension == m and res.exact
+    assert res.products < 0.5 * 256
+    dense = hessian_spectrum(prior, x, method="dense", threshold=1e-5)
+    assert dense.dimension == m
+    torch.testing.assert_close(res.singular_values, dense.singular_values[: m + 3], rtol=1e-5, atol=1e-9)
+
+
+def test_mixture_mean_is_found_and_certified_strict_local_minimizer(gen):
+    means = torch.rand(3, 1, 8, 8, generator=gen, dtype=D)
+    prior = GaussianMixturePrior(means, std=0.01)
+    x0 = means[1:2] + 0.02 * torch.randn(1, 1, 8, 8, generator=gen, dtype=D)
+    res = find_critical_point(prior, x0, steps=3000, record_every=1000, potential_fn=lambda x: -prior.log_prob(x, 0.01))
+    assert (res.x - means[1:2]).abs().max() < 1e-6 and res.grad_norm.item() < 1e-3
+    assert res.steps == [0, 1000, 2000, 3000] and res.potentials[-1] < res.potentials[0]
+    out = check_local_minimizer(prior, res.x, torch.tensor([[1.0]]), family("gaussian", size=5))
+    assert out["strict_local_minimizer"] and out["min_eig_hessian_l"] > 0 and out["cond11_min_sv_J"] > 0
+
+
+def test_conditions_fail_by_construction():
+    """A constant image: every sum-one kernel leaves it unchanged, so J(θ̄) = 0 and (11) fails."""
+    c = torch.full((1, 1, 8, 8), 0.5, dtype=D)
+    prior = GaussianMixturePrior(c, std=0.01)
+    out = check_local_minimizer(prior, c, torch.tensor([[1.0]]), family("gaussian", size=5))
+    assert out["cond11_min_sv_J"] < 1e-12 and not out["strict_local_minimizer"]
+
+
+def test_noiseless_profile_of_gaussian_prior_is_minimal_at_the_dirac(gen):
+    prior = GaussianPrior()
+    x = torch.rand(1, 1, 24, 24, generator=gen, dtype=D)
+    thetas = [0.5 * i for i in range(11)]
+    for name in ("gaussian", "motion", "defocus"):
+        prof = noiseless_profile(lambda z: -prior.log_prob(z, 0.01), x, family(name, size=15), thetas, theta_bar=2.0)
+        assert prof.argmin == 0.0, (name, prof.values)
+        assert prof.lam is not None and prof.lam > 0
+
+
+def test_noisy_profile_runs_and_prefers_small_kernels_at_high_noise(gen):
+    prior = GaussianPrior()
+    x = torch.rand(1, 1, 24, 24, generator=gen, dtype=D)
+    fam = family("gaussian", size=15)
+    y = add_noise(blur(x, fam(torch.tensor([[2.0]], dtype=D))), 0.2, gen)
+    prof = noisy_profile(
+        prior, lambda z: -prior.log_prob(z, 0.01), y, fam, [0.0, 1.0, 2.0, 3.0], 2.0, sigma_y=0.2, iterations=50
+    )
+    assert len(prof.values) == 4 and all(torch.isfinite(torch.tensor(prof.values)))
+    assert prof.argmin == 0.0  # Theorem 5: at high noise the no-blur solution wins
