@@ -10,7 +10,11 @@ Example::
     print(-prior.log_prob(y, 0.01) <= -prior.log_prob(x, 0.01))   # Theorem 1: blurry is more likely
 """
 
-from lit_blind.kernels import family, gaussian_kernel, perturbed_kernel, uniform_kernel
+from lit_blind import io
+from lit_blind.api import deblur
+from lit_blind.kernels import family
+from lit_blind.likelihood import potential
+from lit_blind.loading import load_prior
 from lit_blind.physics import add_noise, blur, pinv, prox_data
 from lit_blind.priors import GaussianMixturePrior, GaussianPrior, Prior
 
@@ -20,10 +24,11 @@ __all__ = [
     "Prior",
     "add_noise",
     "blur",
+    "deblur",
     "family",
-    "gaussian_kernel",
-    "perturbed_kernel",
+    "io",
+    "load_prior",
     "pinv",
+    "potential",
     "prox_data",
-    "uniform_kernel",
 ]

@@ -68,8 +68,10 @@ class ImageDataset(Dataset):
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Evaluation images: files under ``root`` matching ``pattern`` (sorted), embedded skimage images, and/or
-    binarised, 32×32-padded MNIST test digits from the IDX files under ``mnist``.
+    """Evaluation images: files under ``root`` matching ``pattern`` (sorted), embedded skimage images,
+    binarised 32×32-padded MNIST test digits from the IDX files under ``mnist`` (ids ``mnist_*``), and
+    ``noise`` uniform white-noise images of ``noise_size``² (ids ``noise_*``, seeded; not cropped: pick
+    ``noise_size`` = ``size``). ``limit`` applies before the noise images; noise is not scaled or cropped.
 
     Example YAML::
 
@@ -84,16 +86,19 @@ class ImageDataModule(pl.LightningDataModule):
         pattern: str = "*",
         embedded: Sequence[str] = (),
         mnist: str | None = None,
+        noise: int = 0,
+        noise_size: int = 32,
         channels: int = 1,
         size: int | None = None,
         scale: int = 1,
         limit: int | None = None,
         batch_size: int = 1,
         num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
-        if root is None and not embedded and mnist is None:
-            raise ValueError("root, embedded or mnist must be given, got none")
+        if root is None and not embedded and mnist is None and not noise:
+            raise ValueError("root, embedded, mnist or noise must be given, got none")
         if root is not None and not Path(root).is_dir():
             raise ValueError(f"root must be an existing folder, got {root!r}")
         for name in embedded:
@@ -104,6 +109,7 @@ class ImageDataModule(pl.LightningDataModule):
         if scale < 1 or (size is not None and size < 1) or (limit is not None and limit < 1):
             raise ValueError(f"scale, size and limit must be positive, got {scale}, {size}, {limit}")
         self.root, self.pattern, self.embedded, self.mnist = root, pattern, list(embedded), mnist
+        self.noise, self.noise_size, self.seed = int(noise), int(noise_size), int(seed)
         self.channels, self.size, self.scale, self.limit = channels, size, int(scale), limit
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.dataset: ImageDataset | None = None
@@ -124,9 +130,15 @@ class ImageDataModule(pl.LightningDataModule):
             images += [(f"mnist_test_{i:05d}", d[None]) for i, d in enumerate(digits)]
         return images[: self.limit]
 
+    def _noise(self) -> list[tuple[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed)
+        n = self.noise_size
+        return [(f"noise_{i:03d}", torch.rand(self.channels, n, n, generator=g)) for i in range(self.noise)]
+
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.dataset = ImageDataset(self._images(), self.size, self.scale)
+            self.dataset.items += self._noise()  # white noise is drawn at its final size: no scale, no crop
 
     def _loader(self) -> DataLoader:
         self.setup()

@@ -110,3 +110,74 @@ def test_noisy_profile_runs_and_prefers_small_kernels_at_high_noise(gen):
     )
     assert len(prof.values) == 4 and all(torch.isfinite(torch.tensor(prof.values)))
     assert prof.argmin == 0.0  # Theorem 5: at high noise the no-blur solution wins
+
+
+def _landscape_run(tmp_path, config, *extra):
+    from pathlib import Path
+
+    from lit_blind.lightning_cli import run_lightning_cli
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / config
+    run_lightning_cli(
+        [
+            "test",
+            "--config",
+            str(root / "configs/experiments" / f"{config}.yaml"),
+            "--config",
+            str(root / "configs/trainer/cpu_smoke.yaml"),
+            "--model.init_args.output_dir",
+            str(out),
+            "--model.init_args.prior",
+            '{"class_path": "lit_blind.priors.GaussianPrior"}',
+            "--data",
+            '{"class_path": "lit_blind.data.ImageDataModule", "init_args": {"embedded": ["camera"], "mnist": null, "limit": null, "scale": 32, "size": 12, "noise": 1, "noise_size": 12}}',
+            *extra,
+        ]
+    )
+    import json
+
+    return json.loads((out / "summary.json").read_text()), out
+
+
+def test_critical_points_config_smoke(tmp_path):
+    summary, out = _landscape_run(
+        tmp_path,
+        "critical_points",
+        "--model.init_args.probe.init_args.steps",
+        "200",
+        "--model.init_args.probe.init_args.exact",
+        "true",
+    )
+    assert set(summary["groups"]) == {"images", "noise"}
+    assert all(g["mean_dq"] > 0 for g in summary["groups"].values())  # descent lowers q
+    assert (
+        len(list((out / "critical_points").glob("*.pt"))) == 2 and (out / "figures" / "critical_points.png").is_file()
+    )
+
+
+def test_hessian_spectrum_config_smoke(tmp_path):
+    summary, _ = _landscape_run(tmp_path, "hessian_spectrum", "--model.init_args.probe.init_args.descent_steps", "0")
+    assert set(summary["dimension_per_point"]) == {"camera", "noise_000"} and summary["mean_products"] == 144
+
+
+def test_profile_configs_smoke(tmp_path):
+    small = [
+        "--model.init_args.probe.init_args.kernel_size",
+        "5",
+        "--model.init_args.probe.init_args.families",
+        "[gaussian]",
+    ]
+    small += [
+        "--model.init_args.probe.init_args.thetas",
+        "[0.0, 1.0, 2.0]",
+        "--model.init_args.probe.init_args.theta_bar",
+        "1.0",
+    ]
+    small += ["--model.init_args.probe.init_args.exact", "true"]
+    summary, _ = _landscape_run(tmp_path, "profile_noiseless", *small)
+    assert all(c["argmin"] == 0.0 for c in summary["cases"])  # Theorem 1 under the Gaussian prior
+    summary, _ = _landscape_run(
+        tmp_path, "profile_noisy", *small, "--model.init_args.probe.init_args.momentum_steps", "20"
+    )
+    assert len(summary["cases"]) == 2 * 3

@@ -1,0 +1,296 @@
+"""Landscape probes for ``PriorEvaluationModule`` (paper §2.2, §4; Figs. 1–4, 9, 10; no Lightning here).
+
+* :class:`CriticalPointProbe` — gradient descent to a critical point from each image; rows with the
+  relative distance ‖x − x̄‖/‖x̄‖, q(x) − q(x̄), ‖∇q(x̄)‖ and q along iterations; the points are saved.
+* :class:`HessianSpectrumProbe` — singular values of σ_ε²∇²q at each image (or at its critical point) and
+  the intrinsic dimension #{σ_i < threshold}.
+* :class:`ProfileProbe` — noise-free (``sigma_ys`` empty) or noisy posterior profiles ℓ(θ) per family.
+
+Images are grouped by the prefix of their id (``noise_*``, ``mnist_*``; others: ``images``) in the summaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lit_blind.kernels import family
+from lit_blind.landscape import find_critical_point, hessian_spectrum, noiseless_profile, noisy_profile
+from lit_blind.likelihood import potential, rademacher
+from lit_blind.physics import add_noise, blur
+from lit_blind.priors import Prior
+from lit_blind.probes import Probe, image_generator
+from lit_blind.results import ResultsFile
+
+
+def group_of(image_id: str) -> str:
+    head = image_id.split("_")[0]
+    return head if head in ("noise", "mnist") else "images"
+
+
+class _Potential:
+    """q on a batch with probes shared by the batch (common random numbers), reproducible per image."""
+
+    def __init__(
+        self, prior: Prior, image_id: str, seed: int, solver: str, rtol: float, steps: int, exact: bool
+    ) -> None:
+        self.prior, self.exact = prior, exact
+        self.kw = dict(solver=solver, rtol=rtol, atol=rtol, steps=steps)
+        self.gen_args = (seed, image_id)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.exact and hasattr(self.prior, "log_prob"):
+            return -self.prior.log_prob(x, self.prior.sigma_min)
+        u = rademacher((1, 1, *x.shape[1:]), image_generator(*self.gen_args), device=x.device)
+        return potential(self.prior, x, probes=u, **self.kw).value
+
+
+class CriticalPointProbe(Probe):
+    """§2.2, Figs. 1–3: x̄ = lim of x ← x − η(x − D(x, σ_ε)) from each image."""
+
+    key = ("image_id",)
+
+    def __init__(
+        self,
+        eta: float = 0.02,
+        steps: int = 10_000,
+        record_every: int = 1000,
+        solver: str = "dopri5",
+        rtol: float = 1e-5,
+        ode_steps: int = 32,
+        exact: bool = True,
+        seed: int = 0,
+        save_points: bool = True,
+        output_dir: str | None = None,
+    ) -> None:
+        self.eta, self.steps, self.record_every = eta, int(steps), int(record_every)
+        self.solver, self.rtol, self.ode_steps, self.exact, self.seed = solver, rtol, ode_steps, exact, seed
+        self.save_points, self.output_dir = save_points, output_dir
+
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
+        if results.done({"image_id": image_id}):
+            return []
+        q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
+        x = x.to(torch.float64)
+        res = find_critical_point(
+            prior, x, eta=self.eta, steps=self.steps, record_every=self.record_every, potential_fn=q
+        )
+        pots = [float(p[0]) for p in res.potentials]
+        row = {
+            "image_id": image_id,
+            "group": group_of(image_id),
+            "rel_distance": ((x - res.x).norm() / res.x.norm()).item(),
+            "q_start": pots[0],
+            "q_critical": pots[-1],
+            "dq": pots[0] - pots[-1],
+            "grad_norm": res.grad_norm.item(),
+            "steps": res.steps,
+            "potentials": pots,
+        }
+        if self.save_points:
+            folder = Path(self.output_dir or results.path.parent) / "critical_points"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"image_id": image_id, "start": x.cpu(), "critical_point": res.x.cpu()}, folder / f"{image_id}.pt"
+            )
+        results.append(row)
+        return [row]
+
+    def summarize(self, rows: list[dict]) -> dict:
+        out: dict = {}
+        for g in sorted({r["group"] for r in rows if "rel_distance" in r}):
+            rs = [r for r in rows if r.get("group") == g and "rel_distance" in r]
+            n = len(rs)
+            out[g] = {
+                "points": n,
+                "mean_rel_distance": sum(r["rel_distance"] for r in rs) / n,
+                "mean_dq": sum(r["dq"] for r in rs) / n,
+                "max_grad_norm": max(r["grad_norm"] for r in rs),
+            }
+        return {"groups": out}
+
+    def figures(self, rows: list[dict]) -> dict:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in rows if "rel_distance" in r]
+        if not rows:
+            return {}
+        groups = sorted({r["group"] for r in rows})
+        fig, (a0, a1, a2) = plt.subplots(1, 3, figsize=(13, 3.8))
+        a0.boxplot([[r["rel_distance"] for r in rows if r["group"] == g] for g in groups], tick_labels=groups)
+        a0.set_title("‖x − x̄‖ / ‖x̄‖")
+        a1.boxplot([[r["dq"] for r in rows if r["group"] == g] for g in groups], tick_labels=groups)
+        a1.set_title("q(x) − q(x̄)  [nats]")
+        for r in rows:
+            a2.plot(r["steps"], r["potentials"], alpha=0.6)
+        a2.set(xlabel="iteration", ylabel="q [nats]", title="potential along the descent")
+        fig.tight_layout()
+        return {"critical_points": fig}
+
+
+class HessianSpectrumProbe(Probe):
+    """Fig. 4: spectrum of σ_ε²∇²q and intrinsic dimension at each image (after ``descent_steps`` of
+    critical-point descent, 0 = at the image itself)."""
+
+    key = ("image_id",)
+
+    def __init__(
+        self, method: str = "dense", k: int = 32, threshold: float = 1e-5, descent_steps: int = 0, eta: float = 0.02
+    ) -> None:
+        self.method, self.k, self.threshold = method, int(k), float(threshold)
+        self.descent_steps, self.eta = int(descent_steps), eta
+
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
+        if results.done({"image_id": image_id}):
+            return []
+        x = x.to(torch.float64)
+        if self.descent_steps:
+            x = find_critical_point(prior, x, eta=self.eta, steps=self.descent_steps).x
+        res = hessian_spectrum(prior, x, method=self.method, k=self.k, threshold=self.threshold)
+        row = {
+            "image_id": image_id,
+            "group": group_of(image_id),
+            "dimension": res.dimension,
+            "exact": res.exact,
+            "products": res.products,
+            "singular_values": res.singular_values.tolist(),
+        }
+        results.append(row)
+        return [row]
+
+    def summarize(self, rows: list[dict]) -> dict:
+        rows = [r for r in rows if "dimension" in r]
+        if not rows:
+            return {}
+        n = min(len(r["singular_values"]) for r in rows)
+        mean = torch.tensor([r["singular_values"][:n] for r in rows], dtype=torch.float64).mean(0)
+        return {
+            "threshold": self.threshold,
+            "dimension_per_point": {r["image_id"]: r["dimension"] for r in rows},
+            "dimension_of_mean_spectrum": int((mean < self.threshold).sum()),
+            "mean_products": sum(r["products"] for r in rows) / len(rows),
+        }
+
+    def figures(self, rows: list[dict]) -> dict:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in rows if "singular_values" in r]
+        if not rows:
+            return {}
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for r in rows:
+            ax.semilogy(r["singular_values"], alpha=0.6)
+        ax.axhline(self.threshold, color="k", ls="--", lw=0.8)
+        ax.set(xlabel="index (ascending)", ylabel="singular value of σ²∇²q", title="Hessian spectra")
+        fig.tight_layout()
+        return {"hessian_spectra": fig}
+
+
+class ProfileProbe(Probe):
+    """§4, Figs. 9–10: ℓ(θ) around θ̄ for each family; noise-free when ``sigma_ys`` is empty, else the noisy
+    profile for each σ_y (momentum descent, eq. 15). ``descent_steps`` > 0 first moves x̄ to a critical point."""
+
+    key = ("image_id", "family", "sigma_y")
+
+    def __init__(
+        self,
+        families: Sequence[str] = ("gaussian", "motion", "airy", "defocus"),
+        thetas: Sequence[float] = tuple(0.5 * i for i in range(11)),
+        theta_bar: float = 2.5,
+        kernel_size: int = 31,
+        sigma_ys: Sequence[float] = (),
+        momentum_steps: int = 200,
+        step: float = 0.5,
+        momentum: float = 0.9,
+        descent_steps: int = 0,
+        eta: float = 0.02,
+        solver: str = "dopri5",
+        rtol: float = 1e-5,
+        ode_steps: int = 32,
+        exact: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.families = {n: family(n, size=kernel_size) for n in families}
+        self.thetas, self.theta_bar = [float(t) for t in thetas], float(theta_bar)
+        self.sigma_ys = [float(s) for s in sigma_ys]
+        self.momentum_steps, self.step, self.momentum = int(momentum_steps), step, momentum
+        self.descent_steps, self.eta = int(descent_steps), eta
+        self.solver, self.rtol, self.ode_steps, self.exact, self.seed = solver, rtol, ode_steps, exact, seed
+
+    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
+        x = x.to(torch.float64)
+        if self.descent_steps:
+            x = find_critical_point(prior, x, eta=self.eta, steps=self.descent_steps).x
+        q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
+        rows = []
+        for name, fam in self.families.items():
+            for sigma_y in self.sigma_ys or [0.0]:
+                if results.done({"image_id": image_id, "family": name, "sigma_y": sigma_y}):
+                    continue
+                if sigma_y == 0.0:
+                    prof = noiseless_profile(q, x, fam, self.thetas, self.theta_bar)
+                else:
+                    h = fam(torch.tensor([[self.theta_bar]], dtype=torch.float64))
+                    y = add_noise(blur(x, h), sigma_y, image_generator(self.seed, image_id))
+                    prof = noisy_profile(
+                        prior, q, y, fam, self.thetas, self.theta_bar, sigma_y=sigma_y,
+                        step=self.step, momentum=self.momentum, iterations=self.momentum_steps,
+                    )  # fmt: skip
+                row = {
+                    "image_id": image_id,
+                    "family": name,
+                    "sigma_y": sigma_y,
+                    "thetas": prof.thetas,
+                    "values": prof.values,
+                    "lambda": prof.lam,
+                    "argmin": prof.argmin,
+                    "local_min_near_truth": prof.local_min_near_truth,
+                    "depth": prof.depth,
+                }
+                results.append(row)
+                rows.append(row)
+        return rows
+
+    def summarize(self, rows: list[dict]) -> dict:
+        return {
+            "theta_bar": self.theta_bar,
+            "cases": [
+                {
+                    k: r[k]
+                    for k in ("image_id", "family", "sigma_y", "argmin", "local_min_near_truth", "depth", "lambda")
+                }
+                for r in rows
+                if "values" in r
+            ],
+        }
+
+    def figures(self, rows: list[dict]) -> dict:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in rows if "values" in r]
+        if not rows:
+            return {}
+        names = list(self.families)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            for r in rows:
+                if r["family"] == name:
+                    v = torch.tensor(r["values"])
+                    ax.plot(r["thetas"], v - v.min(), label=f"{r['image_id']} σy={r['sigma_y']}")
+            ax.axvline(self.theta_bar, color="k", ls="--", lw=0.8)
+            ax.set(title=name, xlabel="θ", ylabel="ℓ(θ) − min")
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        return {"profiles": fig}
