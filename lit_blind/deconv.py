@@ -110,7 +110,6 @@ def _run(
     y: Tensor,
     fam: KernelFamily,
     theta: Tensor,
-    *,
     K: int,
     R: int,
     theta_step: _ThetaStepper,
@@ -119,11 +118,12 @@ def _run(
     snapshot_every: int,
     callback,
 ) -> DeblurResult:
+    """The outer loop shared by Algorithms 1 and 2: reset, image step, θ step, history."""
     hist: dict = {"theta": [], "data_fidelity": [], "score_evals": [], "seconds": [], "kernels": [], "images": []}
     x = x_init(y, fam.size, boundary)
     t0, evals = time.perf_counter(), 0
-    for k in range(K):
-        if k % R == 0:
+    for k in range(int(K)):
+        if k % int(R) == 0:
             x = x_init(y, fam.size, boundary)
         h = fam(theta).detach().to(y.dtype)
         x = image_step(x, h)
@@ -220,22 +220,9 @@ def alternating(
     evaluations).
     """
     y, theta = _check_common(y, prior, family, theta0, sigma_y, boundary, K, K_x, R)
-    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
     image_step = proximal_gradient_step(prior, y, sigma_y, K_x, gamma_x, sigma_eps, boundary, cg_tol, cg_max_iter)
-
-    return _run(
-        image_step,
-        y,
-        family,
-        theta,
-        K=int(K),
-        R=int(R),
-        theta_step=stepper,
-        boundary=boundary,
-        evals_per_outer=int(K_x),
-        snapshot_every=snapshot_every,
-        callback=callback,
-    )
+    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
+    return _run(image_step, y, family, theta, K, R, stepper, boundary, int(K_x), snapshot_every, callback)
 
 
 def douglas_rachford(
@@ -267,19 +254,6 @@ def douglas_rachford(
     returned.
     """
     y, theta = _check_common(y, prior, family, theta0, sigma_y, boundary, K, K_x, R)
-    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
     image_step = douglas_rachford_step(prior, y, sigma_y, K_x, gamma_x, sigma_denoiser, boundary, cg_tol, cg_max_iter)
-
-    return _run(
-        image_step,
-        y,
-        family,
-        theta,
-        K=int(K),
-        R=int(R),
-        theta_step=stepper,
-        boundary=boundary,
-        evals_per_outer=int(K_x),
-        snapshot_every=snapshot_every,
-        callback=callback,
-    )
+    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
+    return _run(image_step, y, family, theta, K, R, stepper, boundary, int(K_x), snapshot_every, callback)
