@@ -70,7 +70,7 @@ def load_diffusers_ve(
             f"sigma_min and sigma_max must be given for {directory} (no lit_blind_prior.json there), got {sigma_min}, {sigma_max}"
         )
     try:
-        unet = UNet2DModel.from_pretrained(str(directory) if hub else directory)
+        unet = UNet2DModel.from_pretrained(str(directory) if hub else directory, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{directory} must hold a diffusers UNet2DModel (config.json + weights): {err}") from err
     return UNetScorePrior(unet.eval().requires_grad_(False), sigma_min=sigma_min, sigma_max=sigma_max)
