@@ -29,9 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--boundary", default="valid", choices=["valid", "circular"])
     ap.add_argument("--sigma-y", type=float, default=0.01)
     ap.add_argument("--iterations", type=int, default=40, help="outer iterations K")
-    ap.add_argument("--inner", type=int, default=20, help="image steps per outer iteration K_x")
+    ap.add_argument("--inner", type=int, default=10, help="image steps per outer iteration K_x")
     ap.add_argument("--reset", type=int, default=100, help="reset x to y every R iterations")
-    ap.add_argument("--gamma-x", type=float, default=None)
+    ap.add_argument("--gamma-x", type=float, default=None, help="image step (default 0.1 alternating, 1.0 drs)")
     ap.add_argument("--gamma-theta", default="armijo", help="a number (the paper: 0.001) or 'armijo'")
     ap.add_argument("--theta-steps", type=int, default=5)
     return ap
@@ -63,7 +63,7 @@ def deblur_main(argv: list[str]) -> int:
         K=args.iterations,
         K_x=args.inner,
         R=args.reset,
-        gamma_x=args.gamma_x,
+        gamma_x=args.gamma_x if args.gamma_x is not None else (0.1 if args.algorithm == "alternating" else 1.0),
         gamma_theta=gamma_theta,
         theta_steps=args.theta_steps,
         callback=lambda s: bar.update(1) or bar.set_postfix(f=f"{s['data_fidelity']:.3g}"),
