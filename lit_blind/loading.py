@@ -19,15 +19,17 @@ Accepted specs (this module grows with the loaders of the pretrained models):
   (and NVlabs/edm's ``torch_utils`` / ``dnnlib`` importable); its network works on [−1, 1] and is adapted
   at the edge.
 
-score_sde ``.pth`` checkpoints (dict with model/ema/optimizer/step) are recognised and refused with a clear
-error for now: convert them with diffusers' ``convert_ncsnpp_original_checkpoint_to_diffusers.py`` and
-pass the folder.
+* a score_sde_pytorch checkpoint ``.pth`` (dict with model / ema / optimizer / step, recognised by its keys):
+  its NCSN++ **EMA** weights mapped strictly into the equivalent diffusers ``UNet2DModel``
+  (:func:`load_score_sde`; architecture arguments default to the paper's FFHQ-256 model, σ ∈ [0.01, 348]).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -125,10 +127,7 @@ def load_denoiser(path: str | Path, kind: str | None = None, **kw) -> DenoiserPr
     if not isinstance(sd, dict):
         raise ValueError(f"{path} must hold a state dict, got {type(sd).__name__}")
     if {"model", "ema", "step"} <= sd.keys():
-        raise ValueError(
-            f"{path} is a score_sde checkpoint (model/ema/optimizer/step); lit_blind does not map NCSN++ weights yet: "
-            "convert it with diffusers' scripts/convert_ncsnpp_original_checkpoint_to_diffusers.py and pass the folder"
-        )
+        return score_sde_prior(sd, path, **kw)
     if kind in ("edm-ncsnpp", "edm-adm"):
         from deepinv.models import ADMUNet, NCSNpp
 
@@ -174,6 +173,165 @@ def load_denoiser(path: str | Path, kind: str | None = None, **kw) -> DenoiserPr
     raise ValueError(
         f"{path}: unrecognised state dict (keys {list(sd)[:4]}...); pass kind='edm-ncsnpp' or 'edm-adm' for EDM weights"
     )
+
+
+def ncsnpp_unet_config(
+    image_size: int = 256,
+    nf: int = 128,
+    ch_mult: Sequence[int] = (1, 1, 2, 2, 2, 2, 2),
+    num_res_blocks: int = 2,
+    attn_resolutions: Sequence[int] = (16,),
+) -> dict:
+    """The diffusers ``UNet2DModel`` config equal to score_sde's NCSN++ with BigGAN residual blocks, output-skip /
+    input-skip pyramids combined by sum, FIR resampling, Fourier σ embedding and ``scale_by_sigma`` — the
+    architecture of score_sde's ``configs/ve/*_ncsnpp_continuous.py`` image models (3 channels; defaults: FFHQ-256,
+    the same as the hub's ``google/ncsnpp-ffhq-256``). Arguments carry score_sde's ``model.*`` names."""
+    levels = [image_size // 2**i for i in range(len(ch_mult))]
+    if image_size % 2 ** (len(ch_mult) - 1):
+        raise ValueError(f"image_size must be divisible by 2**(len(ch_mult) - 1), got {image_size} and {ch_mult}")
+    down = tuple("AttnSkipDownBlock2D" if r in attn_resolutions else "SkipDownBlock2D" for r in levels)
+    up = tuple("AttnSkipUpBlock2D" if r in attn_resolutions else "SkipUpBlock2D" for r in reversed(levels))
+    return {
+        "sample_size": image_size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": tuple(nf * m for m in ch_mult),
+        "layers_per_block": num_res_blocks,
+        "down_block_types": down,
+        "up_block_types": up,
+        "time_embedding_type": "fourier",
+        "center_input_sample": True,
+        "norm_eps": 1e-6,
+        "norm_num_groups": None,
+        "mid_block_scale_factor": math.sqrt(2.0),
+        "act_fn": "silu",
+        "attention_head_dim": None,
+    }
+
+
+# Parameter names inside one score_sde module → inside the matching diffusers module.
+_RESNET = {"GroupNorm_0": "norm1", "Conv_0": "conv1", "Dense_0": "time_emb_proj", "GroupNorm_1": "norm2"}
+_RESNET |= {"Conv_1": "conv2", "Conv_2": "conv_shortcut"}
+_ATTENTION = {"GroupNorm_0": "group_norm", "NIN_0": "to_q", "NIN_1": "to_k", "NIN_2": "to_v", "NIN_3": "to_out.0"}
+
+
+def _ncsnpp_modules(unet) -> list[tuple[str, str]]:
+    """(diffusers module path, kind) in the order score_sde's ``NCSNpp`` appends to ``all_modules``."""
+    seq = [("time_proj", "fourier"), ("time_embedding.linear_1", "plain"), ("time_embedding.linear_2", "plain")]
+    seq.append(("conv_in", "plain"))
+    for i, block in enumerate(unet.down_blocks):
+        attention = hasattr(block, "attentions")
+        for j in range(len(block.resnets)):
+            seq.append((f"down_blocks.{i}.resnets.{j}", "resnet"))
+            if attention:
+                seq.append((f"down_blocks.{i}.attentions.{j}", "attention"))
+        if block.resnet_down is not None:  # ResnetBlock(down=True), then Combine(input pyramid, h)
+            seq += [(f"down_blocks.{i}.resnet_down", "resnet"), (f"down_blocks.{i}.skip_conv", "combine")]
+    seq += [
+        ("mid_block.resnets.0", "resnet"),
+        ("mid_block.attentions.0", "attention"),
+        ("mid_block.resnets.1", "resnet"),
+    ]
+    for i, block in enumerate(unet.up_blocks):
+        seq += [(f"up_blocks.{i}.resnets.{j}", "resnet") for j in range(len(block.resnets))]
+        if hasattr(block, "attentions"):
+            seq.append((f"up_blocks.{i}.attentions.0", "attention"))
+        if block.resnet_up is not None:  # output-skip GroupNorm + conv3x3, then ResnetBlock(up=True)
+            seq += [(f"up_blocks.{i}.skip_norm", "plain"), (f"up_blocks.{i}.skip_conv", "plain")]
+            seq.append((f"up_blocks.{i}.resnet_up", "resnet"))
+    return seq + [("conv_norm_out", "plain"), ("conv_out", "plain")]  # the last level's output-skip pair
+
+
+def _source_name(kind: str, name: str) -> tuple[str, bool]:
+    """The score_sde name of diffusers parameter ``name`` inside a module of ``kind``; True if transposed."""
+    if kind == "fourier":
+        return "W", False
+    if kind == "combine":
+        return f"Conv_0.{name}", False
+    if kind == "plain":
+        return name, False
+    table = _RESNET if kind == "resnet" else _ATTENTION
+    module, leaf = name.rsplit(".", 1)
+    source = {v: k for k, v in table.items()}[module]
+    if kind == "attention" and source.startswith("NIN"):
+        return f"{source}.{'W' if leaf == 'weight' else 'b'}", leaf == "weight"
+    return f"{source}.{leaf}", False
+
+
+def score_sde_prior(
+    checkpoint: dict,
+    path: str | Path = "checkpoint",
+    sigma_min: float = 0.01,
+    sigma_max: float = 348.0,
+    ema: bool = True,
+    export: str | Path | None = None,
+    **architecture,
+) -> UNetScorePrior:
+    """A score_sde_pytorch NCSN++ checkpoint (``{"model", "ema", "optimizer", "step"}``) as a VE prior.
+
+    The EMA weights are used (``ema=False``: the raw training weights): score_sde's ``shadow_params`` list
+    covers the trainable parameters in ``model.parameters()`` order, i.e. every ``all_modules.*`` entry but
+    the fixed Fourier ``W``. Every weight is mapped by position onto :func:`ncsnpp_unet_config`'s
+    ``UNet2DModel`` (``architecture``: its arguments) and loaded strictly — a missing, extra or misshapen
+    weight is an error naming the file (the authors' code loads the raw weights with ``strict=False``).
+    ``export``: also save the converted network as a diffusers folder that :func:`load_prior` reads.
+    Written by hand: diffusers' conversion script targets an older block layout and ignores the EMA."""
+    from diffusers import UNet2DModel
+
+    where = f"{path} (score_sde checkpoint)"
+    model = checkpoint["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) for k in model):
+        raise ValueError(f"{where}: checkpoint['model'] must be a state dict, got {type(model).__name__}")
+    model = {k.removeprefix("module."): v for k, v in model.items()}
+    weights = {k: v for k, v in model.items() if k.startswith("all_modules.")}
+    if ema:
+        shadow = checkpoint["ema"].get("shadow_params") if isinstance(checkpoint["ema"], dict) else None
+        trainable = [k for k in weights if k != "all_modules.0.W"]
+        if shadow is None or len(shadow) != len(trainable):
+            got = "no shadow_params" if shadow is None else f"{len(shadow)} shadow params"
+            raise ValueError(
+                f"{where}: checkpoint['ema'] must hold one shadow param per trainable weight "
+                f"({len(trainable)}), got {got}"
+            )
+        for key, value in zip(trainable, shadow, strict=True):
+            if value.shape != weights[key].shape:
+                raise ValueError(
+                    f"{where}: EMA shadow param for {key} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(weights[key].shape)}"
+                )
+            weights[key] = value
+    unet = UNet2DModel(**ncsnpp_unet_config(**architecture))
+    target = unet.state_dict()
+    new, used = {}, set()
+    for index, (module, kind) in enumerate(_ncsnpp_modules(unet)):
+        for key in [k for k in target if k.startswith(module + ".")]:
+            name, transposed = _source_name(kind, key[len(module) + 1 :])
+            source = f"all_modules.{index}.{name}"
+            if source not in weights:
+                raise ValueError(
+                    f"{where}: expected {source} (for {key}) in the score_sde NCSN++ weights; "
+                    f"check the architecture arguments {architecture or '(FFHQ-256 defaults)'}"
+                )
+            value = weights[source].t() if transposed else weights[source]
+            if value.shape != target[key].shape:
+                raise ValueError(
+                    f"{where}: {source} has shape {tuple(value.shape)}, {key} needs "
+                    f"{tuple(target[key].shape)}; check the architecture arguments"
+                )
+            new[key] = value
+            used.add(source)
+    extra = sorted(set(weights) - used)
+    if extra:
+        raise ValueError(
+            f"{where}: {len(extra)} score_sde weights have no place in the NCSN++ architecture "
+            f"{architecture or '(FFHQ-256 defaults)'}, e.g. {extra[:3]}"
+        )
+    unet.load_state_dict(new, strict=True)
+    if export is not None:
+        unet.save_pretrained(export)
+        meta = {"kind": "diffusers-ve-unet", "sigma_min": sigma_min, "sigma_max": sigma_max, "pixel_range": [0, 1]}
+        (Path(export) / "lit_blind_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return UNetScorePrior(unet.eval().requires_grad_(False), sigma_min, sigma_max, fixed_size=True)
 
 
 def load_edm_pickle(path: str | Path, trusted: bool = False, class_label: int | None = None, **kw) -> DenoiserPrior:
@@ -248,6 +406,8 @@ class LoadedPrior(Prior):
 
     prior: {class_path: lit_blind.loading.LoadedPrior, init_args: {spec: mnist-small}}
     prior: {class_path: lit_blind.loading.LoadedPrior, init_args: {spec: google/ncsnpp-ffhq-256, sigma_min: 0.01, sigma_max: 348}}
+
+    ``options``: further keyword arguments of the loader (e.g. a score_sde model's ``nf``, ``ch_mult``).
     """
 
     def __init__(
@@ -258,6 +418,7 @@ class LoadedPrior(Prior):
         class_label: int | None = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
+        options: dict | None = None,
     ) -> None:
         super().__init__()
         kw = {
@@ -267,7 +428,8 @@ class LoadedPrior(Prior):
             "sigma_min": sigma_min,
             "sigma_max": sigma_max,
         }
-        self.inner = load_prior(spec, **{k: v for k, v in kw.items() if v not in (None, False)})
+        kw = {k: v for k, v in kw.items() if v not in (None, False)}
+        self.inner = load_prior(spec, **kw, **(options or {}))
         self.spec = spec
         for name in ("channels", "image_size", "sigma_min", "sigma_max", "sigma_range_strict"):
             setattr(self, name, getattr(self.inner, name))
