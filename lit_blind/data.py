@@ -44,20 +44,29 @@ def embedded_image(name: str, channels: int = 1) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """Images, each area-downsampled by ``scale`` then centre-cropped to ``size`` (when given)."""
+    """Images, each area-downsampled by ``scale`` then centre-cropped to ``size`` (when given); ``native`` ids
+    (MNIST digits, white noise: already at the prior's size) are kept as they are."""
 
-    def __init__(self, images: list[tuple[str, torch.Tensor]], size: int | None, scale: int) -> None:
+    def __init__(
+        self, images: list[tuple[str, torch.Tensor]], size: int | None, scale: int, native: Sequence[str] = ()
+    ) -> None:
         self.items = []
         for image_id, x in images:
-            if scale > 1:
-                x = torch.nn.functional.avg_pool2d(x, scale)
-            if size is not None:
-                h, w = x.shape[-2:]
-                if h < size or w < size:
-                    raise ValueError(f"image {image_id!r} ({h}x{w} after scale {scale}) must be at least size={size}")
-                top, left = (h - size) // 2, (w - size) // 2
-                x = x[..., top : top + size, left : left + size]
+            if image_id not in native:
+                x = self._resample(image_id, x, size, scale)
             self.items.append((image_id, x[0].contiguous()))
+
+    @staticmethod
+    def _resample(image_id: str, x: torch.Tensor, size: int | None, scale: int) -> torch.Tensor:
+        if scale > 1:
+            x = torch.nn.functional.avg_pool2d(x, scale)
+        if size is not None:
+            h, w = x.shape[-2:]
+            if h < size or w < size:
+                raise ValueError(f"image {image_id!r} ({h}x{w} after scale {scale}) must be at least size={size}")
+            top, left = (h - size) // 2, (w - size) // 2
+            x = x[..., top : top + size, left : left + size]
+        return x
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,8 +79,9 @@ class ImageDataset(Dataset):
 class ImageDataModule(pl.LightningDataModule):
     """Evaluation images: files under ``root`` matching ``pattern`` (sorted), embedded skimage images,
     binarised 32×32-padded MNIST test digits from the IDX files under ``mnist`` (ids ``mnist_*``), and
-    ``noise`` uniform white-noise images of ``noise_size``² (ids ``noise_*``, seeded; not cropped: pick
-    ``noise_size`` = ``size``). ``limit`` applies before the noise images; noise is not scaled or cropped.
+    ``noise`` uniform white-noise images of ``noise_size``² (ids ``noise_*``, seeded). ``scale`` and ``size``
+    apply to the files and embedded images only: digits and noise are drawn at their final size. ``limit``
+    caps files + embedded images + digits, in that order, before the noise images.
 
     Example YAML::
 
@@ -114,7 +124,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.dataset: ImageDataset | None = None
 
-    def _images(self) -> list[tuple[str, torch.Tensor]]:
+    def _images(self) -> tuple[list[tuple[str, torch.Tensor]], set[str]]:
+        """Files, embedded images and digits (at most ``limit``), and the ids of the digits."""
         images = [(name, embedded_image(name, self.channels)) for name in self.embedded]
         if self.root is not None:
             files = sorted(p for p in Path(self.root).glob(self.pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -127,18 +138,21 @@ class ImageDataModule(pl.LightningDataModule):
                 raise ValueError(f"mnist must be a folder with the MNIST IDX files, none found in {self.mnist}")
             digits = read_idx_images(test)[: self.limit]
             digits = torch.nn.functional.pad((digits.float() / 255 > 0.5).float()[:, None], (2, 2, 2, 2))
-            images += [(f"mnist_test_{i:05d}", d[None]) for i, d in enumerate(digits)]
-        return images[: self.limit]
+            digits = [(f"mnist_test_{i:05d}", d[None]) for i, d in enumerate(digits)]
+            images += digits
+            return images[: self.limit], {i for i, _ in digits}
+        return images[: self.limit], set()
 
     def _noise(self) -> list[tuple[str, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed)
         n = self.noise_size
-        return [(f"noise_{i:03d}", torch.rand(self.channels, n, n, generator=g)) for i in range(self.noise)]
+        return [(f"noise_{i:03d}", torch.rand(1, self.channels, n, n, generator=g)) for i in range(self.noise)]
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            self.dataset = ImageDataset(self._images(), self.size, self.scale)
-            self.dataset.items += self._noise()  # white noise is drawn at its final size: no scale, no crop
+            images, digits = self._images()
+            noise = self._noise()
+            self.dataset = ImageDataset(images + noise, self.size, self.scale, digits | {i for i, _ in noise})
 
     def _loader(self) -> DataLoader:
         self.setup()
