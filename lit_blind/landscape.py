@@ -16,6 +16,7 @@ attention models (done here).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -155,6 +156,7 @@ def hessian_spectrum(
     tol: float = 1e-7,
     maxiter: int = 100,
     seed: int = 0,
+    float64: bool = True,
 ) -> SpectrumResult:
     r"""Singular values of :math:`A = \sigma_\varepsilon^2 \nabla^2 q(x)` at one image ``x`` ``(1, C, H, W)`` (Fig. 4).
 
@@ -162,15 +164,21 @@ def hessian_spectrum(
     ``torch.linalg.svdvals``. ``block``: the ``k`` smallest singular values by LOBPCG (scipy; a block
     Krylov method, so repeated singular values are all found — single-vector Lanczos/ARPACK misses copies)
     on A when it is symmetric (exact priors), on AᵀA otherwise — far fewer than d products when k ≪ d and the
-    small singular values are separated from the bulk. On float32 networks the block iteration stalls near
-    the network's rounding level (≈ 1e-6 relative); it stops after ``maxiter`` iterations, so prefer
-    ``dense`` when the count must be exact at thresholds that small.
+    small singular values are separated from the bulk. AᵀA squares the small singular values: with a float32
+    network (rounding ≈ 1e-7 relative) it cannot tell σ = 1e-5 from 0 and the iteration stalls, so the block
+    mode runs a float64 copy of the network (``float64=True``, the default; about twice the cost per
+    product on a CPU). ``dense`` uses the network as it is: its singular values are accurate to the
+    network's rounding times ‖A‖, well below the paper's 1e-5.
     """
     check_choice("method", method, ("dense", "block"))
     x = prior.check_input(x)
     if x.shape[0] != 1:
         raise ValueError(f"x must hold one image, got shape {tuple(x.shape)}")
     sigma = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
+    if method == "block" and not 1 <= k < x[0].numel() // 3:
+        raise ValueError(f"k must lie in [1, d/3) = [1, {x[0].numel() // 3}), got {k}")
+    if method == "block" and float64 and any(p.dtype != torch.float64 for p in prior.parameters()):
+        prior = copy.deepcopy(prior).to(torch.float64)
     op = _Operator(prior, x, sigma)
     d = op.d
     if method == "dense":
@@ -183,8 +191,6 @@ def hessian_spectrum(
     else:
         from scipy.sparse.linalg import LinearOperator, lobpcg
 
-        if not 1 <= k < d // 3:
-            raise ValueError(f"k must lie in [1, d/3) = [1, {d // 3}), got {k}")
         gram = not op.symmetric
 
         def apply(v: np.ndarray) -> np.ndarray:

@@ -136,20 +136,36 @@ class CriticalPointProbe(Probe):
 
 class HessianSpectrumProbe(Probe):
     """Fig. 4: spectrum of σ_ε²∇²q and intrinsic dimension at each image (after ``descent_steps`` of
-    critical-point descent, 0 = at the image itself)."""
+    critical-point descent, 0 = at the image itself), or at the critical point that
+    :class:`CriticalPointProbe` saved for the image in ``points`` (its ``critical_points/`` folder)."""
 
     key = ("image_id",)
 
     def __init__(
-        self, method: str = "dense", k: int = 32, threshold: float = 1e-5, descent_steps: int = 0, eta: float = 0.02
+        self,
+        method: str = "dense",
+        k: int = 32,
+        threshold: float = 1e-5,
+        descent_steps: int = 0,
+        eta: float = 0.02,
+        points: str | None = None,
     ) -> None:
+        if points is not None and descent_steps:
+            raise ValueError(f"give points or descent_steps, not both, got {points!r} and {descent_steps}")
+        if points is not None and not Path(points).is_dir():
+            raise ValueError(f"points must be a folder of critical points (*.pt), got {points!r}")
         self.method, self.k, self.threshold = method, int(k), float(threshold)
-        self.descent_steps, self.eta = int(descent_steps), eta
+        self.descent_steps, self.eta, self.points = int(descent_steps), eta, points
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         if results.done({"image_id": image_id}):
             return []
         x = x.to(torch.float64)
+        if self.points is not None:
+            file = Path(self.points) / f"{image_id}.pt"
+            if not file.is_file():
+                raise ValueError(f"points has no critical point for image {image_id!r}: {file} is missing")
+            x = torch.load(file, weights_only=True)["critical_point"].to(x.device, torch.float64)
         if self.descent_steps:
             x = find_critical_point(prior, x, eta=self.eta, steps=self.descent_steps).x
         res = hessian_spectrum(prior, x, method=self.method, k=self.k, threshold=self.threshold)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lit_blind.kernels import family
@@ -181,3 +182,21 @@ def test_profile_configs_smoke(tmp_path):
         tmp_path, "profile_noisy", *small, "--model.init_args.probe.init_args.momentum_steps", "20"
     )
     assert len(summary["cases"]) == 2 * 3
+
+
+def test_hessian_probe_reads_saved_critical_points(tmp_path, gen):
+    from lit_blind.probes_landscape import HessianSpectrumProbe
+    from lit_blind.results import ResultsFile
+
+    means = torch.rand(3, 1, 4, 4, generator=gen, dtype=D)
+    prior = GaussianMixturePrior(means, std=0.05)
+    point = means[1:2] + 0.01 * torch.randn(1, 1, 4, 4, generator=gen, dtype=D)
+    torch.save({"image_id": "img", "critical_point": point}, tmp_path / "img.pt")
+    probe = HessianSpectrumProbe(points=str(tmp_path))
+    (row,) = probe.run(prior, torch.zeros(1, 1, 4, 4, dtype=D), "img", ResultsFile(tmp_path / "out", ("image_id",)))
+    expected = hessian_spectrum(prior, point).singular_values
+    torch.testing.assert_close(torch.tensor(row["singular_values"], dtype=D), expected)
+    with pytest.raises(ValueError, match="no critical point for image 'other'"):
+        probe.run(prior, point, "other", ResultsFile(tmp_path / "out", ("image_id",)))
+    with pytest.raises(ValueError, match="points must be a folder"):
+        HessianSpectrumProbe(points=str(tmp_path / "missing"))
