@@ -33,24 +33,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def tiny_prior():
     """A small random VE UNet (smooth σ embedding), 32×32 gray: stands in when no trained prior is given."""
-    from diffusers import UNet2DModel
+    from lit_blind.testing import tiny_unet_prior
 
-    from lit_blind.priors import UNetScorePrior
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        time_embedding_type="fourier",
-    ).eval()
-    unet.time_proj.weight.data /= 16
-    return UNetScorePrior(unet.requires_grad_(False), 0.01, 10.0)
+    return tiny_unet_prior(size=32)
 
 
 def images(prior_name: str, n: int) -> list[torch.Tensor]:

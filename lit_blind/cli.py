@@ -37,6 +37,7 @@ def _deblur(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         return _demo(argv[1:])
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from lit_blind.lightning_cli import run_lightning_cli
 
-        run_lightning_cli(argv)
+        run_lightning_cli(None if from_shell else argv)  # None: LightningCLI reads sys.argv itself, no warning
         return 0
     print(
         "usage: lit-blind {demo|deblur|fit|validate|test|predict} [options]  (lit-blind deblur --help)",

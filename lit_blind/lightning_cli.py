@@ -21,7 +21,8 @@ class SaveConfigToOutputDir(SaveConfigCallback):
             self.parser.save(self.config, Path(out) / self.config_filename, skip_none=False, overwrite=True)
 
 
-def run_lightning_cli(args: list[str]) -> LightningCLI:
+def run_lightning_cli(args: list[str] | None) -> LightningCLI:
+    """LightningCLI on ``args`` (``None``: the command line)."""
     return LightningCLI(
         pl.LightningModule,
         pl.LightningDataModule,

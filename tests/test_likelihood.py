@@ -83,11 +83,10 @@ def test_batching_does_not_change_a_sample(tiny_unet_prior):
 
 
 def test_batching_is_exact_with_a_float64_network():
-    from conftest import make_tiny_unet
-
     from lit_blind.priors import UNetScorePrior
+    from lit_blind.testing import tiny_unet
 
-    prior = UNetScorePrior(make_tiny_unet().double(), sigma_min=0.01, sigma_max=10.0)
+    prior = UNetScorePrior(tiny_unet().double(), sigma_min=0.01, sigma_max=10.0)
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(3, 1, 8, 8, generator=gen, dtype=D)
     probes = rademacher((1, *x.shape), gen)

@@ -141,9 +141,9 @@ def test_edm_convention_gives_the_same_potential_as_the_unit_range_prior(gen):
 
 
 def test_diffusers_folder_roundtrip(tmp_path, gen):
-    from conftest import make_tiny_unet
+    from lit_blind.testing import tiny_unet
 
-    unet = make_tiny_unet()
+    unet = tiny_unet()
     unet.save_pretrained(tmp_path / "u")
     with pytest.raises(ValueError, match="sigma_min and sigma_max"):
         load_prior(tmp_path / "u")
