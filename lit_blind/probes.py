@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -330,6 +331,8 @@ class DeblurProbe(Probe):
     init, :func:`~lit_blind.api.deblur` runs with the given settings; the row holds the Levin error ratio
     (:func:`~lit_blind.metrics.error_ratio`, same non-blind solver for both kernels), the kernel error, the
     PSNR of the estimate, its kernel error to the Dirac (the no-blur solution), score evaluations and seconds.
+    The estimates are kept beside ``results.jsonl`` (``estimates/<image_id>_<init>_kernel.npy`` and
+    ``..._image.png``), so that a row can be re-scored without rerunning the blind method.
     """
 
     key = ("image_id", "init")
@@ -369,6 +372,7 @@ class DeblurProbe(Probe):
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         from lit_blind.api import deblur
+        from lit_blind.io import write_image
         from lit_blind.kernels import dirac
         from lit_blind.metrics import error_ratio, kernel_error, psnr
 
@@ -394,6 +398,10 @@ class DeblurProbe(Probe):
                 "seconds": time.perf_counter() - t0,
                 "device": hardware(x.device),
             }
+            folder = results.path.parent / "estimates"
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{image_id}_{init}_kernel.npy", res.kernel[0, 0].cpu().numpy())
+            write_image(folder / f"{image_id}_{init}_image.png", est)
             results.append(row)
             rows.append(row)
         return rows

@@ -139,6 +139,7 @@ def test_levin_benchmark_config_smoke(tmp_path, shared_data, monkeypatch):
     for init in ("large", "small"):
         assert summary[init]["images"] == 1 and summary[init]["mean_error_ratio"] > 0
     assert (out / "figures" / "error_ratios.png").is_file()
+    assert len(list((out / "estimates").glob("im1_kernel3_*_kernel.npy"))) == 2
     run_lightning_cli(args)  # resumes: nothing recomputed
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
