@@ -10,13 +10,14 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 
 class SaveConfigToOutputDir(SaveConfigCallback):
-    """Write ``config.yaml`` (as run) into the module's ``output_dir`` when it has one, else the log dir."""
+    """Write ``config.yaml`` (as run) into the module's ``output_dir`` when it has one, else into the logger's
+    directory; a run with neither writes none (Lightning's default would drop it in the working directory)."""
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         out = getattr(pl_module, "output_dir", None)
-        if out is None:
-            return super().save_config(trainer, pl_module, stage)
-        if trainer.is_global_zero:
+        if out is None and trainer.logger is not None:
+            out = trainer.logger.log_dir
+        if out is not None and trainer.is_global_zero:
             Path(out).mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, Path(out) / self.config_filename, skip_none=False, overwrite=True)
 
@@ -29,6 +30,6 @@ def run_lightning_cli(args: list[str] | None) -> LightningCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=SaveConfigToOutputDir,
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         args=args,
     )
