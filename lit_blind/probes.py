@@ -15,6 +15,7 @@ import platform
 import time
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -369,6 +370,7 @@ class DeblurProbe(Probe):
             R=R,
             sigma_denoiser=sigma_denoiser,
         )
+        self._estimates: Path | None = None
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         from lit_blind.api import deblur
@@ -379,6 +381,9 @@ class DeblurProbe(Probe):
         if item is None or "sharp" not in item or "kernel" not in item:
             raise ValueError("DeblurProbe needs items with 'sharp' and 'kernel' (e.g. LevinDataModule)")
         sharp, h_true = item["sharp"].double(), item["kernel"].double()
+        self._estimates = results.path.parent / "estimates"
+        self._estimates.mkdir(parents=True, exist_ok=True)
+        np.save(self._estimates / f"{image_id}_true_kernel.npy", h_true[0, 0].cpu().numpy())
         rows = []
         for init in self.inits:
             if results.done({"image_id": image_id, "init": init}):
@@ -398,8 +403,7 @@ class DeblurProbe(Probe):
                 "seconds": time.perf_counter() - t0,
                 "device": hardware(x.device),
             }
-            folder = results.path.parent / "estimates"
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = self._estimates
             np.save(folder / f"{image_id}_{init}_kernel.npy", res.kernel[0, 0].cpu().numpy())
             write_image(folder / f"{image_id}_{init}_image.png", est)
             results.append(row)
@@ -451,4 +455,27 @@ class DeblurProbe(Probe):
         )
         ax.legend()
         fig.tight_layout()
-        return {"error_ratios": fig}
+        return {"error_ratios": fig, **self._kernel_figure(rows)}
+
+    def _kernel_figure(self, rows: list[dict], n: int = 8) -> dict:
+        """True and estimated kernels of the first ``n`` images, one column per image."""
+        import matplotlib.pyplot as plt
+
+        if self._estimates is None:
+            return {}
+        ids = list(dict.fromkeys(r["image_id"] for r in rows if "error_ratio" in r))[:n]
+        names = ["true", *self.inits]
+        fig, axes = plt.subplots(len(names), len(ids), figsize=(1.3 * len(ids), 1.4 * len(names)), squeeze=False)
+        for j, image_id in enumerate(ids):
+            for i, name in enumerate(names):
+                file = self._estimates / f"{image_id}_{name}_kernel.npy"
+                ax = axes[i, j]
+                if file.is_file():
+                    ax.imshow(np.load(file), cmap="gray")
+                ax.set_xticks([]), ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(name)
+                if i == 0:
+                    ax.set_title(image_id.replace("_kernel", " k"), fontsize=8)
+        fig.tight_layout()
+        return {"kernels": fig}

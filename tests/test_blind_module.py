@@ -138,8 +138,8 @@ def test_levin_benchmark_config_smoke(tmp_path, shared_data, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     for init in ("large", "small"):
         assert summary[init]["images"] == 1 and summary[init]["mean_error_ratio"] > 0
-    assert (out / "figures" / "error_ratios.png").is_file()
-    assert len(list((out / "estimates").glob("im1_kernel3_*_kernel.npy"))) == 2
+    assert (out / "figures" / "error_ratios.png").is_file() and (out / "figures" / "kernels.png").is_file()
+    assert len(list((out / "estimates").glob("im1_kernel3_*_kernel.npy"))) == 3  # true, large, small
     run_lightning_cli(args)  # resumes: nothing recomputed
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
