@@ -69,8 +69,10 @@ class CriticalPointProbe(Probe):
         self.eta, self.steps, self.record_every = eta, int(steps), int(record_every)
         self.solver, self.rtol, self.ode_steps, self.exact, self.seed = solver, rtol, ode_steps, exact, seed
         self.save_points, self.output_dir = save_points, output_dir
+        self._folder: Path | None = None
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
+        self._folder = Path(self.output_dir or results.path.parent) / "critical_points"
         if results.done({"image_id": image_id}):
             return []
         q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
@@ -91,7 +93,7 @@ class CriticalPointProbe(Probe):
             "potentials": pots,
         }
         if self.save_points:
-            folder = Path(self.output_dir or results.path.parent) / "critical_points"
+            folder = self._folder
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {"image_id": image_id, "start": x.cpu(), "critical_point": res.x.cpu()}, folder / f"{image_id}.pt"
@@ -131,7 +133,28 @@ class CriticalPointProbe(Probe):
             a2.plot(r["steps"], r["potentials"], alpha=0.6)
         a2.set(xlabel="iteration", ylabel="q [nats]", title="potential along the descent")
         fig.tight_layout()
-        return {"critical_points": fig}
+        return {"critical_points": fig, **self._grid(rows)}
+
+    def _grid(self, rows: list[dict], n: int = 12) -> dict:
+        """Fig. 1: starts (top) and the critical points reached (bottom) of the first ``n`` saved points."""
+        import matplotlib.pyplot as plt
+
+        folder = self._folder
+        files = [folder / f"{r['image_id']}.pt" for r in rows[:n]] if folder is not None else []
+        files = [f for f in files if f.is_file()]
+        if not files:
+            return {}
+        fig, axes = plt.subplots(2, len(files), figsize=(1.2 * len(files), 2.7), squeeze=False)
+        for j, file in enumerate(files):
+            saved = torch.load(file, weights_only=True)
+            for i, key in enumerate(("start", "critical_point")):
+                img = saved[key][0].float().clamp(0, 1)
+                axes[i, j].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+            axes[0, j].set_title(saved["image_id"].replace("mnist_test_", "mnist "), fontsize=7)
+        axes[0, 0].set_ylabel("start"), axes[1, 0].set_ylabel("critical point")
+        fig.tight_layout()
+        return {"critical_points_grid": fig}
 
 
 class HessianSpectrumProbe(Probe):

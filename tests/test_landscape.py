@@ -153,7 +153,9 @@ def test_critical_points_config_smoke(tmp_path):
     assert set(summary["groups"]) == {"images", "noise"}
     assert all(g["mean_dq"] > 0 for g in summary["groups"].values())  # descent lowers q
     assert (
-        len(list((out / "critical_points").glob("*.pt"))) == 2 and (out / "figures" / "critical_points.png").is_file()
+        len(list((out / "critical_points").glob("*.pt"))) == 2
+        and (out / "figures" / "critical_points.png").is_file()
+        and (out / "figures" / "critical_points_grid.png").is_file()
     )
 
 
