@@ -72,6 +72,16 @@ def test_block_method_counts_small_singular_values_exactly(gen):
     torch.testing.assert_close(res.singular_values, dense.singular_values[: m + 3], rtol=1e-5, atol=1e-9)
 
 
+def test_block_method_on_a_float32_network_runs_a_float64_copy(gen, tiny_unet_prior):
+    """The Gram operator squares small singular values: the block mode evaluates a float64 copy of a
+    float32 network (the prior itself is left as it is) and matches the dense spectrum's low end."""
+    x = torch.rand(1, 1, 8, 8, generator=gen, dtype=D)
+    dense = hessian_spectrum(tiny_unet_prior, x, sigma_eps=0.1)
+    block = hessian_spectrum(tiny_unet_prior, x, sigma_eps=0.1, method="block", k=4, maxiter=200)
+    assert next(tiny_unet_prior.parameters()).dtype == torch.float32
+    torch.testing.assert_close(block.singular_values, dense.singular_values[:4], rtol=1e-4, atol=1e-6)
+
+
 def test_mixture_mean_is_found_and_certified_strict_local_minimizer(gen):
     means = torch.rand(3, 1, 8, 8, generator=gen, dtype=D)
     prior = GaussianMixturePrior(means, std=0.01)
