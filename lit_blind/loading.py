@@ -275,7 +275,13 @@ def score_sde_prior(
     ``UNet2DModel`` (``architecture``: its arguments) and loaded strictly — a missing, extra or misshapen
     weight is an error naming the file (the authors' code loads the raw weights with ``strict=False``).
     ``export``: also save the converted network as a diffusers folder that :func:`load_prior` reads.
-    Written by hand: diffusers' conversion script targets an older block layout and ignores the EMA."""
+    Written by hand: diffusers' conversion script targets an older block layout and ignores the EMA.
+
+    Example::
+
+        prior = load_prior("ve/ffhq_256_ncsnpp_continuous/checkpoint_48.pth")   # the paper's FFHQ-256 model
+        score_sde_prior(torch.load(path, weights_only=True), export="ffhq256/")  # once; then load_prior("ffhq256/")
+    """
     from diffusers import UNet2DModel
 
     where = f"{path} (score_sde checkpoint)"
