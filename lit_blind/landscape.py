@@ -352,6 +352,7 @@ def check_local_minimizer(
     sigma_eps: float | None = None,
     kernel_tol: float = 1e-6,
     tol: float = 1e-9,
+    chunk: int = 64,
 ) -> dict:
     r"""Theorem 4 at (x̄, θ̄) for ℓ_ȳ(x, θ) = ½‖h_θ ⋆ x − ȳ‖² + σ_y² q(x), ȳ = h_θ̄ ⋆ x̄ (circular blur).
 
@@ -360,14 +361,16 @@ def check_local_minimizer(
     (10) the smallest singular value of H_θ̄ on ker ∇²q, (11) the smallest singular value of J(θ̄), (12) the
     largest cosine of the principal angles between h_θ̄ ⋆ ker ∇²q and Im J(θ̄) (1 = they intersect); and
     the smallest eigenvalue of the full Hessian of ℓ_ȳ at (x̄, θ̄): ``strict_local_minimizer`` when > ``tol``.
-    Dense linear algebra: for small images (d ≲ 4096).
+    Dense linear algebra: for small images (d ≲ 4096); the Hessian of q is built ``chunk`` products at a time
+    (one batch of d double-backward passes through a network would not fit in memory).
     """
     x_bar = prior.check_input(x_bar).to(torch.float64)
     sigma = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
     theta_bar = family.check_theta(torch.as_tensor(theta_bar, dtype=torch.float64).reshape(1, -1))
     d = x_bar[0].numel()
     spec_op = _Operator(prior, x_bar, sigma)
-    a = spec_op.matmat(torch.eye(d, dtype=torch.float64, device=x_bar.device)).T  # rows were (A e_i)ᵀ
+    eye = torch.eye(d, dtype=torch.float64, device=x_bar.device)
+    a = torch.cat([spec_op.matmat(eye[i : i + chunk]) for i in range(0, d, chunk)]).T  # rows were (A e_i)ᵀ
     hess_q = 0.5 * (a + a.T) / sigma**2  # ∇²q, symmetrised
     evals, evecs = torch.linalg.eigh(hess_q * sigma**2)
     ker = evecs[:, evals <= kernel_tol * evals.abs().max()]
