@@ -109,7 +109,7 @@ def sparse_deconvolution(
     r"""Non-blind deconvolution with the hyper-Laplacian gradient prior of Levin et al. (2007), the solver
     behind the Levin et al. (2009) error ratio:
 
-    .. math:: \min_x \|h \star x - y\|^2 + w \sum |\partial_1 x|^lpha + |\partial_2 x|^lpha
+    .. math:: \min_x \|h \star x - y\|^2 + w \sum |\partial_1 x|^\alpha + |\partial_2 x|^\alpha
 
     with ``valid`` convolution (x is larger than y by k − 1 on each axis, so no boundary is assumed; the
     central part aligned with y is returned). Iteratively reweighted least squares as in their code: one
@@ -124,8 +124,8 @@ def sparse_deconvolution(
     """
     y, h = check_image("y", y), check_image("h", h)
     weight, alpha = check_positive("weight", weight), check_positive("alpha", alpha)
-    k = h.shape[-1]
-    x = F.pad(y, ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2), mode="replicate")
+    lo, hi = (h.shape[-1] - 1) // 2, h.shape[-1] // 2  # the valid domain extends y by k − 1 pixels
+    x = F.pad(y, (lo, hi, lo, hi), mode="replicate")
     rhs = adjoint(y, h, "valid")
     wx = wy = torch.full((), weight, dtype=y.dtype, device=y.device)
     for it in range(int(irls) + 1):
@@ -138,8 +138,7 @@ def sparse_deconvolution(
             return adjoint(blur(u, h, "valid"), h, "valid") + _grad_adjoint(wx * ux, wy * uy)
 
         x = conjugate_gradient(normal, rhs, max_iter=max_iter, tol=tol, init=x)
-    c0, c1 = (k - 1) // 2, k // 2
-    return x[..., c0 : x.shape[-2] - c1, c0 : x.shape[-1] - c1]
+    return x[..., lo : x.shape[-2] - hi, lo : x.shape[-1] - hi]
 
 
 def error_ratio(y: Tensor, x_true: Tensor, h: Tensor, h_true: Tensor, max_shift: int = 5, **solver) -> float:
