@@ -106,6 +106,12 @@ class _Operator:
             return (self.sigma**2 * self.prior.hvp(xs, vs, self.sigma)).reshape(v.shape)
         return self._jvp(vs).reshape(v.shape)
 
+    def dense(self, chunk: int) -> Tensor:
+        """A as a (d, d) matrix, ``chunk`` products at a time (memory d·chunk, not d² activations)."""
+        eye = torch.eye(self.d, dtype=torch.float64, device=self.x.device)
+        rows = [self.matmat(eye[i : i + chunk]) for i in range(0, self.d, chunk)]
+        return torch.cat(rows).T  # rows were (A e_i)ᵀ
+
     def rmatmat(self, u: Tensor) -> Tensor:
         """Aᵀ U for U of shape (n, d)."""
         if self.symmetric:
@@ -182,11 +188,7 @@ def hessian_spectrum(
     op = _Operator(prior, x, sigma)
     d = op.d
     if method == "dense":
-        cols = []
-        eye = torch.eye(d, dtype=torch.float64, device=x.device)
-        for start in range(0, d, chunk):
-            cols.append(op.matmat(eye[start : start + chunk]))
-        sv = torch.linalg.svdvals(torch.cat(cols).T).flip(0)  # rows were (A e_i)ᵀ: the matrix is their transpose
+        sv = torch.linalg.svdvals(op.dense(chunk)).flip(0)
         exact = True
     else:
         from scipy.sparse.linalg import LinearOperator, lobpcg
@@ -369,8 +371,7 @@ def check_local_minimizer(
     theta_bar = family.check_theta(torch.as_tensor(theta_bar, dtype=torch.float64).reshape(1, -1))
     d = x_bar[0].numel()
     spec_op = _Operator(prior, x_bar, sigma)
-    eye = torch.eye(d, dtype=torch.float64, device=x_bar.device)
-    a = torch.cat([spec_op.matmat(eye[i : i + chunk]) for i in range(0, d, chunk)]).T  # rows were (A e_i)ᵀ
+    a = spec_op.dense(chunk)
     hess_q = 0.5 * (a + a.T) / sigma**2  # ∇²q, symmetrised
     evals, evecs = torch.linalg.eigh(hess_q * sigma**2)
     ker = evecs[:, evals <= kernel_tol * evals.abs().max()]

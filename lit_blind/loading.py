@@ -55,6 +55,15 @@ def _find_shipped(name: str) -> Path:
     )
 
 
+def save_diffusers_ve(unet, directory: str | Path, sigma_min: float, sigma_max: float) -> None:
+    """Write a VE ``UNet2DModel`` as :func:`load_diffusers_ve` reads it: ``save_pretrained`` (safetensors) plus
+    ``lit_blind_prior.json`` (σ range, pixel units)."""
+    directory = Path(directory)
+    unet.save_pretrained(directory)
+    meta = {"kind": "diffusers-ve-unet", "sigma_min": sigma_min, "sigma_max": sigma_max, "pixel_range": [0, 1]}
+    (directory / "lit_blind_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def load_diffusers_ve(
     directory: str | Path, sigma_min: float | None = None, sigma_max: float | None = None
 ) -> UNetScorePrior:
@@ -209,10 +218,10 @@ def ncsnpp_unet_config(
     }
 
 
-# Parameter names inside one score_sde module → inside the matching diffusers module.
-_RESNET = {"GroupNorm_0": "norm1", "Conv_0": "conv1", "Dense_0": "time_emb_proj", "GroupNorm_1": "norm2"}
-_RESNET |= {"Conv_1": "conv2", "Conv_2": "conv_shortcut"}
-_ATTENTION = {"GroupNorm_0": "group_norm", "NIN_0": "to_q", "NIN_1": "to_k", "NIN_2": "to_v", "NIN_3": "to_out.0"}
+# Submodule names inside one diffusers module → inside the matching score_sde module.
+_RESNET = {"norm1": "GroupNorm_0", "conv1": "Conv_0", "time_emb_proj": "Dense_0", "norm2": "GroupNorm_1"}
+_RESNET |= {"conv2": "Conv_1", "conv_shortcut": "Conv_2"}
+_ATTENTION = {"group_norm": "GroupNorm_0", "to_q": "NIN_0", "to_k": "NIN_1", "to_v": "NIN_2", "to_out.0": "NIN_3"}
 
 
 def _ncsnpp_modules(unet) -> list[tuple[str, str]]:
@@ -252,7 +261,7 @@ def _source_name(kind: str, name: str) -> tuple[str, bool]:
         return name, False
     table = _RESNET if kind == "resnet" else _ATTENTION
     module, leaf = name.rsplit(".", 1)
-    source = {v: k for k, v in table.items()}[module]
+    source = table[module]
     if kind == "attention" and source.startswith("NIN"):
         return f"{source}.{'W' if leaf == 'weight' else 'b'}", leaf == "weight"
     return f"{source}.{leaf}", False
@@ -334,9 +343,7 @@ def score_sde_prior(
         )
     unet.load_state_dict(new, strict=True)
     if export is not None:
-        unet.save_pretrained(export)
-        meta = {"kind": "diffusers-ve-unet", "sigma_min": sigma_min, "sigma_max": sigma_max, "pixel_range": [0, 1]}
-        (Path(export) / "lit_blind_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_diffusers_ve(unet, export, sigma_min, sigma_max)
     return UNetScorePrior(unet.eval().requires_grad_(False), sigma_min, sigma_max, fixed_size=True)
 
 

@@ -403,9 +403,8 @@ class DeblurProbe(Probe):
                 "seconds": time.perf_counter() - t0,
                 "device": hardware(x.device),
             }
-            folder = self._estimates
-            np.save(folder / f"{image_id}_{init}_kernel.npy", res.kernel[0, 0].cpu().numpy())
-            write_image(folder / f"{image_id}_{init}_image.png", est)
+            np.save(self._estimates / f"{image_id}_{init}_kernel.npy", res.kernel[0, 0].cpu().numpy())
+            write_image(self._estimates / f"{image_id}_{init}_image.png", est)
             results.append(row)
             rows.append(row)
         return rows

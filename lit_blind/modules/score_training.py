@@ -9,7 +9,6 @@ average of the weights is kept in the checkpoint and used for validation, sample
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -112,15 +111,9 @@ class ScoreTrainingModule(pl.LightningModule):
 
     def export(self, directory: str | Path) -> None:
         """EMA weights via ``save_pretrained`` (safetensors) plus ``lit_blind_prior.json`` (σ range, units)."""
-        directory = Path(directory)
-        self.ema.save_pretrained(directory)
-        meta = {
-            "kind": "diffusers-ve-unet",
-            "sigma_min": self.sigma_min,
-            "sigma_max": self.sigma_max,
-            "pixel_range": [0, 1],
-        }
-        (directory / "lit_blind_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+        from lit_blind.loading import save_diffusers_ve
+
+        save_diffusers_ve(self.ema, directory, self.sigma_min, self.sigma_max)
 
 
 def export_checkpoint(checkpoint: str | Path, config: str | Path, directory: str | Path) -> None:
