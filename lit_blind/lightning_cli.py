@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,9 +23,24 @@ class SaveConfigToOutputDir(SaveConfigCallback):
             self.parser.save(self.config, Path(out) / self.config_filename, skip_none=False, overwrite=True)
 
 
+class LitBlindCLI(LightningCLI):
+    """LightningCLI; ``test`` of a ``PriorEvaluationModule`` runs without Lightning's ``DistributedSampler``:
+    the module deals out the images still to do itself, which keeps every process busy in a resumed run."""
+
+    def before_instantiate_classes(self) -> None:
+        from lit_blind.modules import PriorEvaluationModule
+
+        if self.subcommand != "test":
+            return
+        config = self.config["test"]
+        module, _, name = str(config.model.class_path).rpartition(".")
+        if module and issubclass(getattr(importlib.import_module(module), name), PriorEvaluationModule):
+            config.trainer.use_distributed_sampler = False
+
+
 def run_lightning_cli(args: list[str] | None) -> LightningCLI:
     """LightningCLI on ``args`` (``None``: the command line)."""
-    return LightningCLI(
+    return LitBlindCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,

@@ -32,12 +32,16 @@ from lit_blind.results import ResultsFile
 class Probe:
     """What ``PriorEvaluationModule`` runs per image: ``run`` appends rows, ``summarize`` reduces them.
 
-    ``key`` names the fields that identify a row (for resuming); ``item`` carries the other fields of the
-    dataset item (e.g. a ground-truth kernel); ``figures`` returns matplotlib figures made from all rows;
-    ``image_grid`` the inputs worth showing for one image.
+    ``key`` names the fields that identify a row (for resuming) and ``row_keys`` the keys of the rows one
+    image produces (a multi-process run deals out only the images with a row still missing); ``item``
+    carries the other fields of the dataset item (e.g. a ground-truth kernel); ``figures`` returns
+    matplotlib figures made from all rows; ``image_grid`` the inputs worth showing for one image.
     """
 
     key: tuple[str, ...] = ("image_id",)
+
+    def row_keys(self, image_id: str) -> list[dict]:
+        return [{"image_id": image_id}]
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         raise NotImplementedError
@@ -113,6 +117,9 @@ class BlurLikelihoodProbe(Probe):
             images.append(blur(x, h, self.boundary))
             units.extend((name, t) for t in thetas)
         return units, torch.cat(images)
+
+    def row_keys(self, image_id: str) -> list[dict]:
+        return [{"image_id": image_id, "family": f, "theta": t} for f in self.families for t in self.thetas]
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         x = prior.check_input(x.to(torch.float64))
@@ -371,6 +378,9 @@ class DeblurProbe(Probe):
             sigma_denoiser=sigma_denoiser,
         )
         self._estimates: Path | None = None
+
+    def row_keys(self, image_id: str) -> list[dict]:
+        return [{"image_id": image_id, "init": init} for init in self.inits]
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         from lit_blind.api import deblur

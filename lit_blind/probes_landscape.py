@@ -265,6 +265,13 @@ class ProfileProbe(Probe):
         self.descent_steps, self.eta = int(descent_steps), eta
         self.solver, self.rtol, self.ode_steps, self.exact, self.seed = solver, rtol, ode_steps, exact, seed
 
+    def row_keys(self, image_id: str) -> list[dict]:
+        return [
+            {"image_id": image_id, "family": name, "sigma_y": s}
+            for name in self.families
+            for s in self.sigma_ys or [0.0]
+        ]
+
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
         x = x.to(torch.float64)
         if self.descent_steps:

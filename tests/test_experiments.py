@@ -67,6 +67,29 @@ def test_blur_likelihood_runs_resumes_and_summarizes(tmp_path):
     assert len(ResultsFile(out, KEY).rows()) == 12
 
 
+def test_resumed_multi_process_run_deals_out_the_images_still_to_do(tmp_path):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from lit_blind.modules import PriorEvaluationModule
+    from lit_blind.priors import GaussianPrior
+    from lit_blind.probes_landscape import CriticalPointProbe
+
+    dataset = [{"index": i, "image_id": f"im{i}"} for i in range(6)]
+    module = PriorEvaluationModule(GaussianPrior(), CriticalPointProbe(), str(tmp_path))
+    module.results = ResultsFile(tmp_path, ("image_id",))
+    for i in (0, 2, 4):  # a killed run finished the even images: rank index % 2 would get all the rest
+        module.results.append({"image_id": f"im{i}"})
+    module.trainer = SimpleNamespace(world_size=2, test_dataloaders=DataLoader(dataset))
+    assert module._deal_images() == {1: 0, 3: 1, 5: 0}
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=False)
+    module.trainer = SimpleNamespace(world_size=2, test_dataloaders=DataLoader(dataset, sampler=sampler))
+    assert module._deal_images() == {}  # each process sees only its shard: the sampler's split stands
+    cli = run_lightning_cli(_blur_args(tmp_path / "bl"))
+    assert cli.config["test"].trainer.use_distributed_sampler is False
+
+
 def test_blur_likelihood_logs_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

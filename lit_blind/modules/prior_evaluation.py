@@ -1,9 +1,12 @@
 """``PriorEvaluationModule``: runs an injected probe over a dataset of images with ``lit-blind test``.
 
 Resumable and multi-process: rows go to ``<output_dir>/results.jsonl`` as soon as they are done and a
-rerun skips them; under DDP image ``index`` is handled only by rank ``index % world_size``, which gives
-every image to exactly one process, also with the duplicates that Lightning's ``DistributedSampler``
-pads the last batch with. Rank 0 writes ``summary.json``, ``figures/*.png`` and TensorBoard figures
+rerun skips them. Under DDP every image goes to exactly one process. When every process sees the whole
+test set (``trainer.use_distributed_sampler: false``, which ``lit-blind test`` sets for this module) the
+images that still miss a row (``Probe.row_keys``) are dealt out in turn, so a resumed run keeps every
+process busy; with Lightning's ``DistributedSampler`` rank ``index % world_size`` takes image ``index``
+(the sampler's own split; it also drops the duplicates the sampler pads the last batch with), which can
+leave one process with all the remaining work of a resumed run. Rank 0 writes ``summary.json``, ``figures/*.png`` and TensorBoard figures
 after a barrier. Gradients are enabled inside the step whatever ``trainer.inference_mode`` says (the
 potential needs VJPs); ``inference_mode: false`` in the configs avoids the extra copy.
 """
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_blind.priors import Prior
 from lit_blind.probes import Probe
@@ -33,12 +37,28 @@ class PriorEvaluationModule(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self.results = ResultsFile(self.output_dir, key=self.probe.key)
+        self._owner = self._deal_images()
+        self.trainer.strategy.barrier()  # every process has read results.jsonl before any appends to it
+
+    def _deal_images(self) -> dict[int, int]:
+        """Image index → the rank that runs it: the images with a row still missing, in turn, when every
+        process iterates over the whole test set; empty (rank ``index % world_size``) otherwise."""
+        world, loader = self.trainer.world_size, self.trainer.test_dataloaders
+        if world == 1 or not isinstance(loader, DataLoader) or isinstance(loader.sampler, DistributedSampler):
+            return {}
+        items = (loader.dataset[i] for i in range(len(loader.dataset)))
+        todo = [
+            int(item["index"])
+            for item in items
+            if any(not self.results.done(k) for k in self.probe.row_keys(str(item["image_id"])))
+        ]
+        return {index: n % world for n, index in enumerate(todo)}
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         rank, world = self.global_rank, self.trainer.world_size
         for j in range(batch["image"].shape[0]):
             index = int(batch["index"][j])
-            if index % world != rank:  # another process owns it (or it is a sampler's padding duplicate)
+            if self._owner.get(index, index % world) != rank:  # another process owns it (or a padding duplicate)
                 continue
             image_id = str(batch["image_id"][j])
             with torch.inference_mode(False), torch.enable_grad():
