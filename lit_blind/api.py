@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lit_blind._checks import check_choice, check_image
+from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult, alternating, douglas_rachford
 from lit_blind.kernels import KernelFamily, OneParameterFamily, SimplexFamily, gaussian_kernel, uniform_kernel
 from lit_blind.kernels import family as make_family
@@ -66,13 +66,23 @@ def deblur(
     sigma_denoiser: float | None = None,
     callback: Callable[[dict], None] | None = None,
     family_kw: dict | None = None,
+    scales: int = 1,
 ) -> DeblurResult:
     r"""Estimate a sharp image and its blur kernel from one blurry image ``y`` ``(1, C, H, W)`` in [0, 1].
 
     Minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
     (``algorithm="alternating"``, γ_x = 0.01 by default) or Algorithm 2 (``"drs"``, γ_x = 1 by default) from
-    the ``large`` (the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀.
+    the ``large`` (the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀
+    (for the coarsest kernel when ``scales`` > 1).
     ``prior`` is a :class:`Prior` or a :func:`~lit_blind.loading.load_prior` spec.
+
+    ``scales`` > 1 (simplex family only; beyond the paper): coarse to fine, as in classical blind
+    deconvolution (Fergus et al. 2006, Levin et al. 2011). Scale s = scales − 1, …, 0 solves the problem on
+    y downsampled by 2^s (bilinear with antialiasing), σ_y/2^s (averaging 4^s pixels divides white noise by
+    2^s) and a kernel of half-width ⌊(k//2)/2^s⌋, each with the full schedule; the init applies at the
+    coarsest scale and each kernel, upsampled (bilinear, renormalised), starts the next finer scale. The
+    result holds the finest scale's history, with ``history["scales"]`` = [(kernel size, kernel)] of
+    every scale, coarse first, and the callback's dicts carry ``"scale"``.
 
     Example::
 
@@ -87,13 +97,59 @@ def deblur(
         raise ValueError(f"prior must be a Prior or a load_prior spec, got {type(prior).__name__}")
     y = check_image("y", y, channels=prior.channels)
     check_choice("algorithm", algorithm, ALGORITHMS)
-    fam = make_family(family, size=kernel_size, **(family_kw or {}))
+    check_positive("sigma_y", sigma_y)  # before it is divided per scale
+    sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
+    fam = make_family(family, size=sizes[0], **(family_kw or {}))
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
-    common = dict(sigma_y=sigma_y, K=K, K_x=K_x, gamma_theta=gamma_theta, theta_steps=theta_steps, R=R)
-    common |= dict(boundary=boundary, callback=callback)
-    if algorithm == "alternating":
-        return alternating(y, prior, fam, theta, gamma_x=0.01 if gamma_x is None else gamma_x, **common)
-    return douglas_rachford(
-        y, prior, fam, theta, gamma_x=1.0 if gamma_x is None else gamma_x, sigma_denoiser=sigma_denoiser, **common
-    )
+    common = dict(K=K, K_x=K_x, gamma_theta=gamma_theta, theta_steps=theta_steps, R=R, boundary=boundary)
+    coarse = []
+    for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
+        if coarse:  # start from the coarser scale's kernel, upsampled
+            fam = make_family(family, size=size, **(family_kw or {}))
+            theta = fam.project(upsample_kernel(coarse[-1][1], size).flatten(1))
+        y_s = y if s == 0 else downsample(y, 2**s)
+        cb = None if callback is None else (lambda info, s=s: callback(info | {"scale": s}))
+        common |= dict(sigma_y=sigma_y / 2**s, callback=cb)
+        if algorithm == "alternating":
+            res = alternating(y_s, prior, fam, theta, gamma_x=0.01 if gamma_x is None else gamma_x, **common)
+        else:
+            sd = None if sigma_denoiser is None else sigma_denoiser / 2**s
+            res = douglas_rachford(
+                y_s, prior, fam, theta, gamma_x=1.0 if gamma_x is None else gamma_x, sigma_denoiser=sd, **common
+            )
+        coarse.append((size, res.kernel))
+    if scales > 1:
+        res.history["scales"] = coarse
+    return res
+
+
+def _scale_sizes(family: str, kernel_size: int, scales: int, shape: tuple[int, int]) -> list[int]:
+    """Kernel sizes from the coarsest scale to the finest (= ``kernel_size``)."""
+    if int(scales) != scales or scales < 1:
+        raise ValueError(f"scales must be a positive integer, got {scales!r}")
+    if scales == 1:
+        return [int(kernel_size)]
+    if family != "simplex":
+        raise ValueError(f"scales > 1 needs the simplex family (a free-form kernel), got family={family!r}")
+    half = int(kernel_size) // 2
+    if half >> (scales - 1) < 1:
+        raise ValueError(
+            f"scales must leave the coarsest kernel at least 3×3: kernel_size={kernel_size}, scales={scales}"
+        )
+    coarsest = min(shape) // 2 ** (scales - 1)
+    if coarsest < 2 * (half >> (scales - 1)) + 1:
+        raise ValueError(f"scales={scales} leaves the image {shape} at {coarsest} px, smaller than its kernel")
+    return [2 * (half >> s) + 1 for s in range(scales - 1, -1, -1)]
+
+
+def downsample(y: Tensor, factor: int) -> Tensor:
+    """``y`` shrunk by ``factor`` (bilinear with antialiasing, sides rounded)."""
+    size = [max(1, round(n / factor)) for n in y.shape[-2:]]
+    return torch.nn.functional.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def upsample_kernel(h: Tensor, size: int) -> Tensor:
+    """A kernel ``(1, 1, k, k)`` resampled to ``size`` × ``size`` (bilinear, centre kept), ≥ 0, summing to 1."""
+    up = torch.nn.functional.interpolate(h, size=(size, size), mode="bilinear", align_corners=True).clamp_min(0)
+    return up / up.sum()

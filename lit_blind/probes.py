@@ -359,6 +359,7 @@ class DeblurProbe(Probe):
         theta_steps: int = 5,
         R: int = 100,
         sigma_denoiser: float | None = None,
+        scales: int = 1,
     ) -> None:
         for init in inits:
             check_choice("init", init, ("large", "small"))
@@ -376,6 +377,7 @@ class DeblurProbe(Probe):
             theta_steps=theta_steps,
             R=R,
             sigma_denoiser=sigma_denoiser,
+            scales=scales,
         )
         self._estimates: Path | None = None
 
