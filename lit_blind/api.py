@@ -81,8 +81,9 @@ def deblur(
     y downsampled by 2^s (bilinear with antialiasing), σ_y/2^s (averaging 4^s pixels divides white noise by
     2^s) and a kernel of half-width ⌊(k//2)/2^s⌋, each with the full schedule; the init applies at the
     coarsest scale and each kernel, upsampled (bilinear, renormalised), starts the next finer scale. The
-    result holds the finest scale's history, with ``history["scales"]`` = [(kernel size, kernel)] of
-    every scale, coarse first, and the callback's dicts carry ``"scale"``.
+    result holds the finest scale's history (``score_evals`` and ``seconds`` counted from the start of the
+    coarsest scale), with ``history["scales"]`` = [(kernel size, kernel)] of every scale, coarse first; the
+    callback's dicts carry ``"scale"``.
 
     Example::
 
@@ -103,7 +104,7 @@ def deblur(
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
     common = dict(K=K, K_x=K_x, gamma_theta=gamma_theta, theta_steps=theta_steps, R=R, boundary=boundary)
-    coarse = []
+    coarse, spent = [], {"score_evals": 0, "seconds": 0.0}
     for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
         if coarse:  # start from the coarser scale's kernel, upsampled
             fam = make_family(family, size=size, **(family_kw or {}))
@@ -118,6 +119,9 @@ def deblur(
             res = douglas_rachford(
                 y_s, prior, fam, theta, gamma_x=1.0 if gamma_x is None else gamma_x, sigma_denoiser=sd, **common
             )
+        for name in ("score_evals", "seconds"):  # counted from the start of the coarsest scale
+            res.history[name] = [v + spent[name] for v in res.history[name]]
+            spent[name] = res.history[name][-1]
         coarse.append((size, res.kernel))
     if scales > 1:
         res.history["scales"] = coarse

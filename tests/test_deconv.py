@@ -81,6 +81,7 @@ def test_coarse_to_fine_starts_each_scale_from_the_coarser_kernel_and_recovers_i
     )
     assert [k for k, _ in res.history["scales"]] == [3, 7, 15] and sorted({s["scale"] for s in seen}) == [0, 1, 2]
     assert all(s["kernel"].shape[-1] == {2: 3, 1: 7, 0: 15}[s["scale"]] for s in seen)
+    assert res.history["score_evals"][-1] == 3 * FAST["K"] * FAST["K_x"]  # every scale counts
     for _, k in res.history["scales"]:
         assert (k >= 0).all() and abs(k.sum().item() - 1) < 1e-9
     # the coarse estimate, upsampled, is already closer to the truth than the large init it replaces
