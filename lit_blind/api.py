@@ -62,6 +62,7 @@ def deblur(
     gamma_x: float | None = None,
     gamma_theta: float | str = 0.001,
     theta_steps: int = 1,
+    theta_start: int = 0,
     R: int = 100,
     sigma_denoiser: float | None = None,
     callback: Callable[[dict], None] | None = None,
@@ -103,7 +104,8 @@ def deblur(
     fam = make_family(family, size=sizes[0], **(family_kw or {}))
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
-    common = dict(K=K, K_x=K_x, gamma_theta=gamma_theta, theta_steps=theta_steps, R=R, boundary=boundary)
+    common = dict(K=K, K_x=K_x, gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R)
+    common["boundary"] = boundary
     coarse, spent = [], {"score_evals": 0, "seconds": 0.0}
     for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
         if coarse:  # start from the coarser scale's kernel, upsampled

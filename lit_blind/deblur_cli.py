@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--gamma-x", type=float, default=None, help="image step (default 0.1 alternating, 1.0 drs)")
     ap.add_argument("--gamma-theta", default="armijo", help="a number (the paper: 0.001) or 'armijo'")
     ap.add_argument("--theta-steps", type=int, default=5)
+    ap.add_argument("--theta-start", type=int, default=0, help="outer iterations before the first kernel step")
     ap.add_argument("--scales", type=int, default=1, help="coarse-to-fine scales (simplex family), 1 = off")
     return ap
 
@@ -67,6 +68,7 @@ def deblur_main(argv: list[str]) -> int:
         gamma_x=args.gamma_x if args.gamma_x is not None else (0.1 if args.algorithm == "alternating" else 1.0),
         gamma_theta=gamma_theta,
         theta_steps=args.theta_steps,
+        theta_start=args.theta_start,
         scales=args.scales,
         callback=lambda s: bar.update(1) or bar.set_postfix(f=f"{s['data_fidelity']:.3g}"),
     )

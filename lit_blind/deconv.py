@@ -68,10 +68,13 @@ class _ThetaStepper:
 
     ``gamma_theta`` a number: the paper's fixed step. ``"armijo"``: backtracking on the projected step
     (sufficient decrease f(θ⁺) ≤ f(θ) + ⟨∇f, θ⁺ − θ⟩ + ‖θ⁺ − θ‖²/(2γ)), the step doubling after each
-    success; each trial costs one blur, no score evaluation. ``steps`` gradient steps per outer iteration.
+    success; each trial costs one blur, no score evaluation. ``steps`` gradient steps per outer iteration,
+    none before outer iteration ``start``.
     """
 
-    def __init__(self, fam: KernelFamily, y: Tensor, boundary: str, gamma_theta: float | str, steps: int) -> None:
+    def __init__(
+        self, fam: KernelFamily, y: Tensor, boundary: str, gamma_theta: float | str, steps: int, start: int = 0
+    ) -> None:
         if isinstance(gamma_theta, str):
             check_choice("gamma_theta", gamma_theta, ("armijo",))
             self.armijo, self.gamma = True, 1.0
@@ -79,14 +82,16 @@ class _ThetaStepper:
             self.armijo, self.gamma = False, check_positive("gamma_theta", gamma_theta)
         if int(steps) != steps or steps < 1:
             raise ValueError(f"theta_steps must be a positive integer, got {steps!r}")
-        self.fam, self.y, self.boundary, self.steps = fam, y, boundary, int(steps)
+        if int(start) != start or start < 0:
+            raise ValueError(f"theta_start must be a non-negative integer, got {start!r}")
+        self.fam, self.y, self.boundary, self.steps, self.start = fam, y, boundary, int(steps), int(start)
 
     def f(self, theta: Tensor, x: Tensor) -> Tensor:
         return data_fidelity(x, self.y, self.fam(theta), self.boundary).sum()
 
-    def __call__(self, theta: Tensor, x: Tensor) -> tuple[Tensor, float]:
+    def __call__(self, theta: Tensor, x: Tensor, iteration: int) -> tuple[Tensor, float]:
         x = x.detach()
-        for _ in range(self.steps):
+        for _ in range(self.steps if iteration >= self.start else 0):
             th = theta.detach().requires_grad_(True)
             f = self.f(th, x)
             (g,) = torch.autograd.grad(f, th)
@@ -128,7 +133,7 @@ def _run(
         h = fam(theta).detach().to(y.dtype)
         x = image_step(x, h)
         evals += evals_per_outer
-        theta, f = theta_step(theta, x)
+        theta, f = theta_step(theta, x, k)
         hist["theta"].append(theta[0].tolist())
         hist["data_fidelity"].append(f)
         hist["score_evals"].append(evals)
@@ -201,6 +206,7 @@ def alternating(
     gamma_x: float = 0.01,
     gamma_theta: float | str = 0.001,
     theta_steps: int = 1,
+    theta_start: int = 0,
     R: int = 100,
     sigma_eps: float | None = None,
     boundary: str = "circular",
@@ -217,11 +223,12 @@ def alternating(
     Defaults are the paper's (K = 400, K_x = 100, γ_x = 0.01, γ_θ = 0.001, R = 100); σ_ε defaults to the
     prior's ``sigma_min``. Beyond the paper: ``gamma_theta="armijo"`` (backtracking θ steps, scale-free)
     and ``theta_steps`` > 1 (several cheap θ steps per outer iteration: they cost blurs, not score
-    evaluations).
+    evaluations); ``theta_start`` > 0 holds θ for that many outer iterations, so that x, which starts as
+    the blurry y, is deblurred under θ₀ before the first θ step (a kernel fitted to x ≈ y is the Dirac).
     """
     y, theta = _check_common(y, prior, family, theta0, sigma_y, boundary, K, K_x, R)
     image_step = proximal_gradient_step(prior, y, sigma_y, K_x, gamma_x, sigma_eps, boundary, cg_tol, cg_max_iter)
-    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
+    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps, theta_start)
     return _run(image_step, y, family, theta, K, R, stepper, boundary, int(K_x), snapshot_every, callback)
 
 
@@ -238,6 +245,7 @@ def douglas_rachford(
     gamma_x: float = 1.0,
     gamma_theta: float | str = 0.001,
     theta_steps: int = 1,
+    theta_start: int = 0,
     R: int = 100,
     boundary: str = "circular",
     cg_tol: float = 1e-5,
@@ -251,9 +259,9 @@ def douglas_rachford(
 
     ``prior.denoise`` is the denoiser (a diffusion prior through Tweedie, or a plug-and-play denoiser);
     σ_d defaults to σ_y. As in the paper, x (the Douglas–Rachford governing sequence) is carried over and
-    returned.
+    returned. ``gamma_theta``, ``theta_steps`` and ``theta_start`` as in :func:`alternating`.
     """
     y, theta = _check_common(y, prior, family, theta0, sigma_y, boundary, K, K_x, R)
     image_step = douglas_rachford_step(prior, y, sigma_y, K_x, gamma_x, sigma_denoiser, boundary, cg_tol, cg_max_iter)
-    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps)
+    stepper = _ThetaStepper(family, y, boundary, gamma_theta, theta_steps, theta_start)
     return _run(image_step, y, family, theta, K, R, stepper, boundary, int(K_x), snapshot_every, callback)

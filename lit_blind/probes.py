@@ -341,6 +341,10 @@ class DeblurProbe(Probe):
     PSNR of the estimate, its kernel error to the Dirac (the no-blur solution), score evaluations and seconds.
     The estimates are kept beside ``results.jsonl`` (``estimates/<image_id>_<init>_kernel.npy`` and
     ``..._image.png``), so that a row can be re-scored without rerunning the blind method.
+
+    Init ``"oracle"`` (a diagnostic, not a method) starts from the ground-truth kernel, centred in
+    ``kernel_size``: whether the algorithm keeps it tells an objective that prefers another kernel from an
+    optimiser that cannot reach the right one.
     """
 
     key = ("image_id", "init")
@@ -357,13 +361,16 @@ class DeblurProbe(Probe):
         gamma_x: float | None = 0.1,
         gamma_theta: float | str = "armijo",
         theta_steps: int = 5,
+        theta_start: int = 0,
         R: int = 100,
         sigma_denoiser: float | None = None,
         scales: int = 1,
     ) -> None:
         for init in inits:
-            check_choice("init", init, ("large", "small"))
+            check_choice("init", init, ("large", "small", "oracle"))
         check_choice("algorithm", algorithm, ("alternating", "drs"))
+        if "oracle" in inits and scales != 1:
+            raise ValueError(f"init 'oracle' starts the finest scale: it needs scales=1, got scales={scales}")
         self.inits = list(inits)
         self.kw = dict(
             algorithm=algorithm,
@@ -375,6 +382,7 @@ class DeblurProbe(Probe):
             gamma_x=gamma_x,
             gamma_theta=gamma_theta,
             theta_steps=theta_steps,
+            theta_start=theta_start,
             R=R,
             sigma_denoiser=sigma_denoiser,
             scales=scales,
@@ -401,7 +409,15 @@ class DeblurProbe(Probe):
             if results.done({"image_id": image_id, "init": init}):
                 continue
             t0 = time.perf_counter()
-            res = deblur(x.double(), prior, init=init, **self.kw)
+            if init == "oracle":
+                p = (self.kw["kernel_size"] - h_true.shape[-1]) // 2
+                if p < 0:
+                    raise ValueError(
+                        f"kernel_size must hold the true kernel ({h_true.shape[-1]}), got {self.kw['kernel_size']}"
+                    )
+                res = deblur(x.double(), prior, theta0=torch.nn.functional.pad(h_true, (p,) * 4).flatten(1), **self.kw)
+            else:
+                res = deblur(x.double(), prior, init=init, **self.kw)
             c = self.kw["kernel_size"] // 2
             est = res.image[..., c:-c, c:-c] if self.kw["boundary"] == "valid" else res.image
             row = {

@@ -151,3 +151,27 @@ def test_levin_data_module(shared_data):
     batch = next(iter(dm.test_dataloader()))
     assert batch["image"].shape == (1, 1, 255, 255) and batch["kernel"].shape == (1, 1, 27, 27)
     assert abs(batch["kernel"].sum().item() - 1) < 1e-9 and batch["image_id"] == ["im2_kernel4"]
+
+
+def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
+    from lit_blind.data import LevinDataModule
+    from lit_blind.loading import load_prior
+    from lit_blind.probes import DeblurProbe
+    from lit_blind.results import ResultsFile
+
+    with pytest.raises(ValueError, match="scales=1"):
+        DeblurProbe(inits=["oracle"], scales=2)
+    dm = LevinDataModule(root=str(shared_data / "levin09"), images=[1], kernels=[3])
+    dm.setup()
+    item = dm.items[0]
+    prior = load_prior("natural-gray-small")
+    extra = {"sharp": item["sharp"][None], "kernel": item["kernel"][None]}
+    held = DeblurProbe(inits=["oracle"], K=1, K_x=1, theta_start=1)  # the kernel is never stepped
+    (row,) = held.run(prior, item["image"][None], "im1_kernel3", ResultsFile(tmp_path / "held", held.key), item=extra)
+    assert row["kernel_error"] < 1e-9 and abs(row["error_ratio"] - 1) < 1e-3
+    assert (tmp_path / "held" / "estimates" / "im1_kernel3_oracle_kernel.npy").is_file()
+    assert (tmp_path / "held" / "estimates" / "im1_kernel3_true_kernel.npy").is_file()
+    # one outer iteration from x = y: the θ steps fit the kernel to a still blurry x and leave the truth
+    free = DeblurProbe(inits=["oracle"], K=1, K_x=1)
+    (row,) = free.run(prior, item["image"][None], "im1_kernel3", ResultsFile(tmp_path / "free", free.key), item=extra)
+    assert row["kernel_error"] > 0.3 and row["no_blur_distance"] < 0.95
