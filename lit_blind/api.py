@@ -104,8 +104,10 @@ def deblur(
     fam = make_family(family, size=sizes[0], **(family_kw or {}))
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
-    common = dict(K=K, K_x=K_x, gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R)
-    common["boundary"] = boundary
+    if gamma_x is None:
+        gamma_x = 0.01 if algorithm == "alternating" else 1.0
+    common = dict(K=K, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, theta_steps=theta_steps)
+    common |= dict(theta_start=theta_start, R=R, boundary=boundary)
     coarse, spent = [], {"score_evals": 0, "seconds": 0.0}
     for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
         if coarse:  # start from the coarser scale's kernel, upsampled
@@ -115,12 +117,10 @@ def deblur(
         cb = None if callback is None else (lambda info, s=s: callback(info | {"scale": s}))
         common |= dict(sigma_y=sigma_y / 2**s, callback=cb)
         if algorithm == "alternating":
-            res = alternating(y_s, prior, fam, theta, gamma_x=0.01 if gamma_x is None else gamma_x, **common)
+            res = alternating(y_s, prior, fam, theta, **common)
         else:
             sd = None if sigma_denoiser is None else sigma_denoiser / 2**s
-            res = douglas_rachford(
-                y_s, prior, fam, theta, gamma_x=1.0 if gamma_x is None else gamma_x, sigma_denoiser=sd, **common
-            )
+            res = douglas_rachford(y_s, prior, fam, theta, sigma_denoiser=sd, **common)
         for name in ("score_evals", "seconds"):  # counted from the start of the coarsest scale
             res.history[name] = [v + spent[name] for v in res.history[name]]
             spent[name] = res.history[name][-1]

@@ -405,10 +405,10 @@ class DeblurProbe(Probe):
         self._estimates.mkdir(parents=True, exist_ok=True)
         np.save(self._estimates / f"{image_id}_true_kernel.npy", h_true[0, 0].cpu().numpy())
         rows = []
-        for init in self.inits:
-            if results.done({"image_id": image_id, "init": init}):
+        for key in self.row_keys(image_id):
+            if results.done(key):
                 continue
-            t0 = time.perf_counter()
+            init, t0 = key["init"], time.perf_counter()
             if init == "oracle":
                 p = (self.kw["kernel_size"] - h_true.shape[-1]) // 2
                 if p < 0:

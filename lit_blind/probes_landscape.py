@@ -273,37 +273,35 @@ class ProfileProbe(Probe):
         ]
 
     def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
+        todo = [key for key in self.row_keys(image_id) if not results.done(key)]
+        if not todo:  # a resumed run: not even the descent to a critical point
+            return []
         x = x.to(torch.float64)
         if self.descent_steps:
             x = find_critical_point(prior, x, eta=self.eta, steps=self.descent_steps).x
         q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
         rows = []
-        for name, fam in self.families.items():
-            for sigma_y in self.sigma_ys or [0.0]:
-                if results.done({"image_id": image_id, "family": name, "sigma_y": sigma_y}):
-                    continue
-                if sigma_y == 0.0:
-                    prof = noiseless_profile(q, x, fam, self.thetas, self.theta_bar)
-                else:
-                    h = fam(torch.tensor([[self.theta_bar]], dtype=torch.float64))
-                    y = add_noise(blur(x, h), sigma_y, image_generator(self.seed, image_id))
-                    prof = noisy_profile(
-                        prior, q, y, fam, self.thetas, self.theta_bar, sigma_y=sigma_y,
-                        step=self.step, momentum=self.momentum, iterations=self.momentum_steps,
-                    )  # fmt: skip
-                row = {
-                    "image_id": image_id,
-                    "family": name,
-                    "sigma_y": sigma_y,
-                    "thetas": prof.thetas,
-                    "values": prof.values,
-                    "lambda": prof.lam,
-                    "argmin": prof.argmin,
-                    "local_min_near_truth": prof.local_min_near_truth,
-                    "depth": prof.depth,
-                }
-                results.append(row)
-                rows.append(row)
+        for key in todo:
+            fam, sigma_y = self.families[key["family"]], key["sigma_y"]
+            if sigma_y == 0.0:
+                prof = noiseless_profile(q, x, fam, self.thetas, self.theta_bar)
+            else:
+                h = fam(torch.tensor([[self.theta_bar]], dtype=torch.float64))
+                y = add_noise(blur(x, h), sigma_y, image_generator(self.seed, image_id))
+                prof = noisy_profile(
+                    prior, q, y, fam, self.thetas, self.theta_bar, sigma_y=sigma_y,
+                    step=self.step, momentum=self.momentum, iterations=self.momentum_steps,
+                )  # fmt: skip
+            row = key | {
+                "thetas": prof.thetas,
+                "values": prof.values,
+                "lambda": prof.lam,
+                "argmin": prof.argmin,
+                "local_min_near_truth": prof.local_min_near_truth,
+                "depth": prof.depth,
+            }
+            results.append(row)
+            rows.append(row)
         return rows
 
     def summarize(self, rows: list[dict]) -> dict:

@@ -6,9 +6,10 @@ test set (``trainer.use_distributed_sampler: false``, which ``lit-blind test`` s
 images that still miss a row (``Probe.row_keys``) are dealt out in turn, so a resumed run keeps every
 process busy; with Lightning's ``DistributedSampler`` rank ``index % world_size`` takes image ``index``
 (the sampler's own split; it also drops the duplicates the sampler pads the last batch with), which can
-leave one process with all the remaining work of a resumed run. Rank 0 writes ``summary.json``, ``figures/*.png`` and TensorBoard figures
-after a barrier. Gradients are enabled inside the step whatever ``trainer.inference_mode`` says (the
-potential needs VJPs); ``inference_mode: false`` in the configs avoids the extra copy.
+leave one process with all the remaining work of a resumed run. Rank 0 writes ``summary.json``,
+``figures/*.png`` and TensorBoard figures after a barrier. Gradients are enabled inside the step
+whatever ``trainer.inference_mode`` says (the potential needs VJPs); ``inference_mode: false`` in the
+configs avoids the extra copy.
 """
 
 from __future__ import annotations
