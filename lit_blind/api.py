@@ -14,7 +14,7 @@ from lit_blind.kernels import family as make_family
 from lit_blind.priors import Prior
 
 INITS = ("large", "small")
-ALGORITHMS = ("alternating", "drs")
+ALGORITHMS = ("em", "alternating", "drs")
 
 
 def initial_theta(
@@ -68,6 +68,7 @@ def deblur(
     callback: Callable[[dict], None] | None = None,
     family_kw: dict | None = None,
     scales: int = 1,
+    em_options: dict | None = None,
 ) -> DeblurResult:
     r"""Estimate a sharp image and its blur kernel from one blurry image ``y`` ``(1, C, H, W)`` in [0, 1].
 
@@ -99,6 +100,10 @@ def deblur(
         raise ValueError(f"prior must be a Prior or a load_prior spec, got {type(prior).__name__}")
     y = check_image("y", y, channels=prior.channels)
     check_choice("algorithm", algorithm, ALGORITHMS)
+    if algorithm == "em":
+        return _deblur_em(y, prior, family, kernel_size, init, boundary, theta0, scales, callback, em_options)
+    if em_options:
+        raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
     check_positive("sigma_y", sigma_y)  # before it is divided per scale
     sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
     fam = make_family(family, size=sizes[0], **(family_kw or {}))
@@ -128,6 +133,20 @@ def deblur(
     if scales > 1:
         res.history["scales"] = coarse
     return res
+
+
+def _deblur_em(y, prior, family, kernel_size, init, boundary, theta0, scales, callback, options) -> DeblurResult:
+    """``algorithm="em"``: :func:`~lit_blind.marginal.marginal_em` (free-form kernel, valid boundary, its own
+    coarse-to-fine pyramid and initialisation)."""
+    from lit_blind.marginal import marginal_em
+
+    if family != "simplex":
+        raise ValueError(f"algorithm='em' estimates a free-form kernel: family must be 'simplex', got {family!r}")
+    if boundary != "valid":
+        raise ValueError(f"algorithm='em' works on real photographs: boundary must be 'valid', got {boundary!r}")
+    if theta0 is not None or scales != 1:
+        raise ValueError("algorithm='em' sets its own initial kernel and pyramid: theta0 and scales must be left unset")
+    return marginal_em(y, prior, kernel_size, init=init, callback=callback, **(options or {}))
 
 
 def _scale_sizes(family: str, kernel_size: int, scales: int, shape: tuple[int, int]) -> list[int]:

@@ -25,7 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="outputs/deblur")
     ap.add_argument("--family", default="simplex")
     ap.add_argument("--init", default="large", choices=["large", "small"])
-    ap.add_argument("--algorithm", default="alternating", choices=["alternating", "drs"])
+    ap.add_argument(
+        "--algorithm",
+        default="alternating",
+        choices=["alternating", "drs", "em"],
+        help="em: coarse-to-fine EM (lit_blind.marginal; valid boundary, its own schedule: the step options below "
+        "do not apply)",
+    )
     ap.add_argument("--boundary", default="valid", choices=["valid", "circular"])
     ap.add_argument("--sigma-y", type=float, default=0.01)
     ap.add_argument("--iterations", type=int, default=40, help="outer iterations K")
@@ -43,16 +49,64 @@ def deblur_main(argv: list[str]) -> int:
     import torch
     from tqdm import tqdm
 
-    from lit_blind.api import deblur
     from lit_blind.io import read_image, write_image
     from lit_blind.loading import load_prior
 
     args = _parser().parse_args(argv)
     prior = load_prior(args.prior)
     y = read_image(args.image, channels=prior.channels)
+    t0 = time.perf_counter()
+    res = _deblur_em(args, y, prior, tqdm) if args.algorithm == "em" else _deblur_map(args, y, prior, tqdm)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    x = res.image
+    if args.boundary == "valid":
+        c = args.kernel_size // 2
+        x = x[..., c : x.shape[-2] - c, c : x.shape[-1] - c]
+    write_image(out / "deblurred.png", x.float())
+    k = res.kernel[0, 0].cpu().numpy()
+    np.save(out / "kernel.npy", k)
+    write_image(out / "kernel.png", torch.from_numpy(k / k.max())[None])
+    _comparison(out / "comparison.png", y, x, k)
+    summary = {
+        "image": str(args.image),
+        "prior": args.prior,
+        "settings": {k_: v for k_, v in vars(args).items() if k_ not in ("image", "out")},
+        "data_fidelity": res.history["data_fidelity"][-1] if "data_fidelity" in res.history else None,
+        "score_evals": res.history["score_evals"][-1],
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}/deblurred.png, kernel.png, kernel.npy, comparison.png ({summary['seconds']:.1f} s)")
+    return 0
+
+
+def _deblur_em(args, y, prior, tqdm):
+    """``--algorithm em``: :func:`~lit_blind.marginal.marginal_em` (its own schedule)."""
+    from lit_blind.marginal import marginal_em, pyramid
+
+    if args.boundary != "valid":
+        raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
+    if args.family != "simplex":
+        raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
+    bar = tqdm(total=4 * len(pyramid(args.kernel_size)), desc="deblur (em)", unit="it")
+    res = marginal_em(
+        y,
+        prior,
+        args.kernel_size,
+        init=args.init,
+        callback=lambda s: bar.update(1) or bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}"),
+    )
+    bar.close()
+    return res
+
+
+def _deblur_map(args, y, prior, tqdm):
+    """``--algorithm alternating|drs``: Algorithm 1 / 2 through :func:`~lit_blind.api.deblur`."""
+    from lit_blind.api import deblur
+
     gamma_theta = args.gamma_theta if args.gamma_theta == "armijo" else float(args.gamma_theta)
     bar = tqdm(total=args.iterations * args.scales, desc="deblur", unit="it")
-    t0 = time.perf_counter()
     res = deblur(
         y,
         prior,
@@ -73,28 +127,7 @@ def deblur_main(argv: list[str]) -> int:
         callback=lambda s: bar.update(1) or bar.set_postfix(f=f"{s['data_fidelity']:.3g}"),
     )
     bar.close()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    x = res.image
-    if args.boundary == "valid":
-        c = args.kernel_size // 2
-        x = x[..., c : x.shape[-2] - c, c : x.shape[-1] - c]
-    write_image(out / "deblurred.png", x.float())
-    k = res.kernel[0, 0].cpu().numpy()
-    np.save(out / "kernel.npy", k)
-    write_image(out / "kernel.png", torch.from_numpy(k / k.max())[None])
-    _comparison(out / "comparison.png", y, x, k)
-    summary = {
-        "image": str(args.image),
-        "prior": args.prior,
-        "settings": {k_: v for k_, v in vars(args).items() if k_ not in ("image", "out")},
-        "data_fidelity": res.history["data_fidelity"][-1],
-        "score_evals": res.history["score_evals"][-1],
-        "seconds": time.perf_counter() - t0,
-    }
-    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}/deblurred.png, kernel.png, kernel.npy, comparison.png ({summary['seconds']:.1f} s)")
-    return 0
+    return res
 
 
 def _comparison(path: Path, y, x, k) -> None:

@@ -365,10 +365,15 @@ class DeblurProbe(Probe):
         R: int = 100,
         sigma_denoiser: float | None = None,
         scales: int = 1,
+        em_options: dict | None = None,
     ) -> None:
         for init in inits:
             check_choice("init", init, ("large", "small", "oracle"))
-        check_choice("algorithm", algorithm, ("alternating", "drs"))
+        check_choice("algorithm", algorithm, ("em", "alternating", "drs"))
+        if algorithm == "em" and "oracle" in inits:
+            raise ValueError(
+                "init 'oracle' starts Algorithm 1/2 from the true kernel; algorithm 'em' has no such start"
+            )
         if "oracle" in inits and scales != 1:
             raise ValueError(f"init 'oracle' starts the finest scale: it needs scales=1, got scales={scales}")
         self.inits = list(inits)
@@ -387,6 +392,10 @@ class DeblurProbe(Probe):
             sigma_denoiser=sigma_denoiser,
             scales=scales,
         )
+        if algorithm == "em":  # the EM engine has its own schedule: pass only what it reads
+            self.kw = dict(algorithm="em", kernel_size=kernel_size, boundary=boundary, em_options=em_options)
+        elif em_options:
+            raise ValueError(f"em_options apply to algorithm 'em' only, got algorithm={algorithm!r}")
         self._estimates: Path | None = None
 
     def row_keys(self, image_id: str) -> list[dict]:

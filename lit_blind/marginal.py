@@ -1,0 +1,265 @@
+r"""Coarse-to-fine EM blind deconvolution with a diffusion (or any denoiser) prior — beyond the paper.
+
+The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fall toward the no-blur kernel
+(§5). This engine follows the MAP-over-the-kernel lineage of Levin, Weiss, Durand & Freeman (2011) instead:
+
+* **E-step** (image): half-quadratic splitting with the prior's denoiser at an annealed level σ_t,
+  :math:`x_p = \operatorname{argmin}_x \|h\star x - y\|^2 + \rho\|x - z\|^2` (CG on the valid domain),
+  :math:`z = D(x_p, \sigma_t)`; ``inner`` such pairs per outer iteration. σ_t decreases geometrically over the
+  whole pyramid (``sigma_start`` → ``sigma_end``), so early steps see a strong prior.
+* **Covariance term**: the kernel step adds :math:`c\,\|h\|^2` with
+  :math:`c = \operatorname{tr}(\nabla C \nabla^\top)`, the summed posterior variance of the image gradients,
+  :math:`C = \sigma_t^2 (H^\top H/\rho + I)^{-1}` the covariance of the HQS image given z (closed form in
+  Fourier, circular approximation). This is Levin et al.'s term that makes the no-blur kernel costly when x
+  is uncertain (their eq. 9 with a diagonal covariance); ``covariance=False`` switches it off (joint MAP).
+* **M-step** (kernel): the gradient-domain problem
+  :math:`\min_{h\ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + c\|h\|^2` solved to its optimum on
+  the k×k support (normal equations built by FFT, Toeplitz approximation of the Gram matrix; FISTA on h ≥ 0),
+  with only the strongest gradients of z kept (``edges`` × 4k pixels, as in Cho & Lee 2009), then entries below
+  5 % of the maximum and connected components below 10 % of the mass removed, unit sum, centre of mass
+  moved to the centre.
+* **Coarse to fine**: image scales (√½)^l down to a kernel of ``min_kernel`` pixels; each kernel is stretched
+  by the scale ratio to start the next finer level; x restarts from y at every level.
+
+Written by hand: no library has a blind EM with a learned prior. The numerical constants (σ_t range,
+ρ = 0.1, ``edges`` = 20) were chosen on four Levin images (im1_kernel1, im2_kernel4, im3_kernel6,
+im4_kernel8) and one synthetic blur of im1 by kernel 1; the other 28 Levin images were not used for tuning.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from deepinv.optim.linear import conjugate_gradient
+from deepinv.physics.functional import conv2d_fft, conv_transpose2d_fft
+from scipy import ndimage
+from torch import Tensor
+
+from lit_blind._checks import check_choice, check_image, check_positive
+from lit_blind.deconv import DeblurResult
+from lit_blind.priors import Prior
+
+
+def _dx(u: Tensor) -> Tensor:
+    return u[..., :, 1:] - u[..., :, :-1]
+
+
+def _dy(u: Tensor) -> Tensor:
+    return u[..., 1:, :] - u[..., :-1, :]
+
+
+def kernel_normal_equations(gs: list[Tensor], ys: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
+    r"""Normal equations (M, b) of :math:`\min_h \sum_d \|g_d \star h - y_d\|^2` (valid convolution, g larger
+    than y by k − 1) in the flipped kernel index m: :math:`b_m = \sum_i g(i + m)\,y(i)` exactly and
+    :math:`M_{m_1 m_2} \approx R(m_2 - m_1)`, the autocorrelation of the part of g seen through the valid
+    window (Toeplitz approximation; exact up to strips of k pixels at the border). Shapes (k², k²), (k²,)."""
+    hp = max(g.shape[-2] for g in gs) + k
+    wp = max(g.shape[-1] for g in gs) + k
+    c = k // 2
+    R, b = 0.0, 0.0
+    for g, y in zip(gs, ys, strict=True):
+        G = torch.fft.rfft2(g[0, 0], s=(hp, wp))
+        b = b + torch.fft.irfft2(G * torch.fft.rfft2(y[0, 0], s=(hp, wp)).conj(), s=(hp, wp))[:k, :k]
+        Gc = torch.fft.rfft2(g[0, 0, c : c + y.shape[-2], c : c + y.shape[-1]], s=(hp, wp))
+        R = R + torch.fft.irfft2(Gc * Gc.conj(), s=(hp, wp))
+    d = torch.arange(k, device=g.device)
+    d = d[None, :] - d[:, None]
+    M = R[(d % hp)[:, None, :, None], (d % wp)[None, :, None, :]]
+    return M.reshape(k * k, k * k), b.reshape(-1)
+
+
+def solve_kernel(M: Tensor, b: Tensor, reg: float, iters: int = 300) -> Tensor:
+    r""":math:`\operatorname{argmin}_{h \ge 0} \tfrac12 h^\top (M + \mathrm{reg}\,I) h - b^\top h` by FISTA from
+    the clipped unconstrained solution (step 1/λ_max)."""
+    Q = M + reg * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+    L = torch.linalg.eigvalsh(Q)[-1]
+    h = torch.linalg.solve(Q, b).clamp_min(0)
+    z, t = h.clone(), 1.0
+    for _ in range(int(iters)):
+        h_new = (z - (Q @ z - b) / L).clamp_min(0)
+        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z, h, t = h_new + (t - 1) / t_new * (h_new - h), h_new, t_new
+    return h
+
+
+def kernel_step(z: Tensor, y: Tensor, k: int, reg: float, edges: float = 20.0) -> Tensor:
+    r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
+    z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel`. Only the ``edges`` · 4k
+    largest gradients of z enter (0 keeps all). Returns a (1, 1, k, k) kernel (true convolution)."""
+    gz = [_dx(z), _dy(z)]
+    if edges > 0:
+        mag = (gz[0][..., :-1, :] ** 2 + gz[1][..., :, :-1] ** 2).sqrt()
+        n = min(mag.numel() - 1, int(edges * 4 * k))
+        keep = (mag > mag.flatten().kthvalue(mag.numel() - n).values).to(z.dtype)
+        gz = [gz[0] * F.pad(keep, (0, 0, 0, 1), mode="replicate"), gz[1] * F.pad(keep, (0, 1, 0, 0), mode="replicate")]
+    M, b = kernel_normal_equations(gz, [_dx(y), _dy(y)], k)
+    h = solve_kernel(M, b, reg).reshape(1, 1, k, k).flip(-1, -2)
+    if not bool(torch.isfinite(h).all()) or float(h.sum()) <= 0:
+        raise ValueError(f"kernel step: no non-negative kernel fits the image gradients (sum {float(h.sum())})")
+    return prune_kernel(h)
+
+
+def prune_kernel(h: Tensor, rel: float = 0.05, min_mass: float = 0.1) -> Tensor:
+    """Entries below ``rel`` × max and 8-connected components below ``min_mass`` of the mass set to 0; unit sum;
+    centre of mass moved to the centre pixel (integer shift). (Pan et al. 2016's post-processing.)"""
+    a = h[0, 0].clamp_min(0).cpu().numpy().copy()
+    a[a < rel * a.max()] = 0
+    lab, n = ndimage.label(a > 0, structure=np.ones((3, 3)))
+    if n > 1:
+        mass = ndimage.sum(a, lab, range(1, n + 1))
+        for i, m in enumerate(mass, 1):
+            if m < min_mass * a.sum():
+                a[lab == i] = 0
+    a /= a.sum()
+    k = a.shape[0]
+    r = np.arange(k)
+    cy, cx = (a.sum(1) * r).sum(), (a.sum(0) * r).sum()
+    a = np.roll(a, (round(k // 2 - cy), round(k // 2 - cx)), (0, 1))
+    return torch.from_numpy(a).to(h)[None, None]
+
+
+def rescale_kernel(h: Tensor, size: int, ratio: float) -> Tensor:
+    """The kernel stretched by ``ratio`` (a finer image scale: ratio > 1) into a ``size`` × ``size`` support,
+    centre kept (bilinear), ≥ 0, unit sum."""
+    k0 = h.shape[-1]
+    u = (torch.arange(size, dtype=h.dtype, device=h.device) - size // 2) / ratio / max(k0 // 2, 1)
+    gy, gx = torch.meshgrid(u, u, indexing="ij")
+    out = F.grid_sample(h, torch.stack([gx, gy], -1)[None], mode="bilinear", align_corners=True).clamp_min(0)
+    return out / out.sum()
+
+
+def gradient_covariance_trace(h: Tensor, shape: tuple[int, int], sigma: float, rho: float) -> float:
+    r""":math:`\operatorname{tr}\big(\nabla\, \sigma^2 (H^\top H/\rho + I)^{-1} \nabla^\top\big)`: the summed
+    variance of the horizontal and vertical differences of the HQS image given z (circular blur on ``shape``,
+    forward differences), by FFT."""
+    hf = torch.fft.fft2(h[0, 0], s=shape)
+    wy = 2 * math.pi * torch.fft.fftfreq(shape[0], dtype=h.dtype, device=h.device)[:, None]
+    wx = 2 * math.pi * torch.fft.fftfreq(shape[1], dtype=h.dtype, device=h.device)[None, :]
+    d2 = (2 - 2 * torch.cos(wx)) + (2 - 2 * torch.cos(wy))
+    return float((d2 * sigma**2 / (hf.abs() ** 2 / rho + 1)).sum())
+
+
+def _hqs_prox(z: Tensor, y: Tensor, h: Tensor, rho: float, iters: int = 30) -> Tensor:
+    """argmin_x ‖valid(h ⋆ x) − y‖² + ρ‖x − z‖² by CG from z."""
+    rhs = conv_transpose2d_fft(y, h, padding="valid") + rho * z
+
+    def normal(u: Tensor) -> Tensor:
+        return conv_transpose2d_fft(conv2d_fft(u, h, padding="valid"), h, padding="valid") + rho * u
+
+    return conjugate_gradient(normal, rhs, max_iter=iters, tol=1e-6, init=z)
+
+
+def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
+    """D(x, σ) in the prior's dtype, reflect-padded to the prior's size multiple, returned in x's dtype."""
+    p = next(prior.parameters(), None)
+    xd = x.to(p.dtype) if p is not None else x
+    m = getattr(prior, "multiple", 1)
+    ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
+    xp = F.pad(xd, (0, pw, 0, ph), mode="reflect") if ph or pw else xd
+    with torch.no_grad():
+        z = prior.denoise(xp, sigma)[..., : x.shape[-2], : x.shape[-1]].to(x.dtype)
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"image step: the prior's denoiser returned non-finite values at sigma={sigma:.4g}")
+    return z
+
+
+def pyramid(kernel_size: int, min_kernel: int = 5, ratio: float = math.sqrt(0.5)) -> list[tuple[float, int]]:
+    """(image scale, kernel size) of every level, coarse first: scales ratio^l, odd kernel sizes ≥ ``min_kernel``."""
+    levels, s = [], 1.0
+    while True:
+        k = int(round(kernel_size * s))
+        k += (k + 1) % 2
+        if k < min_kernel and levels:
+            break
+        levels.append((s, k))
+        if k < min_kernel:
+            break
+        s *= ratio
+    return levels[::-1]
+
+
+def marginal_em(
+    y: Tensor,
+    prior: Prior,
+    kernel_size: int = 31,
+    *,
+    iters: int = 4,
+    inner: int = 2,
+    sigma_start: float = 0.05,
+    sigma_end: float = 0.015,
+    rho: float = 0.1,
+    covariance: bool = True,
+    edges: float = 20.0,
+    min_kernel: int = 5,
+    init: str = "small",
+    callback: Callable[[dict], None] | None = None,
+) -> DeblurResult:
+    r"""Blind deconvolution by coarse-to-fine EM with the prior's denoiser (see the module docstring).
+
+    .. math:: h \leftarrow \operatorname{argmin}_{h \ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2
+              + \operatorname{tr}(\nabla C \nabla^\top)\,\|h\|^2,\qquad z = D(x_p, \sigma_t)
+
+    ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
+    ``y`` ``(1, 1, H, W)`` in [0, 1] with valid boundaries (a real photograph); returns the image on the
+    (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
+    and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
+    ``seconds``) and every level's final kernel in ``history["scales"]``.
+
+    Example::
+
+        res = marginal_em(y, load_prior("natural-gray-small"), kernel_size=31)
+    """
+    y = check_image("y", y, channels=prior.channels)
+    if y.shape[0] != 1 or y.shape[1] != 1:
+        raise ValueError(f"y must be one gray image (1, 1, H, W), got shape {tuple(y.shape)}")
+    if int(kernel_size) != kernel_size or kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+    if kernel_size > min(y.shape[-2:]):
+        raise ValueError(f"kernel_size {kernel_size} must not exceed the image size {tuple(y.shape[-2:])}")
+    for name, v in (("iters", iters), ("inner", inner), ("min_kernel", min_kernel)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    sigma_start = prior.check_sigma(sigma_start, "sigma_start")
+    sigma_end = prior.check_sigma(sigma_end, "sigma_end")
+    if sigma_end > sigma_start:
+        raise ValueError(f"sigma_end must not exceed sigma_start ({sigma_start}), got {sigma_end}")
+    check_choice("init", init, ("small", "large"))
+    check_positive("rho", rho)
+    check_positive("edges", edges, allow_zero=True)
+    y = y.to(torch.float64)
+    levels = pyramid(int(kernel_size), int(min_kernel))
+    sigmas = np.geomspace(sigma_start, sigma_end, len(levels) * int(iters))
+    hist: dict = {"level": [], "sigma": [], "covariance": [], "score_evals": [], "seconds": [], "scales": []}
+    t0, evals, h, s_prev = time.perf_counter(), 0, None, None
+    for li, (s, k) in enumerate(levels):
+        size = [max(k, round(n * s)) for n in y.shape[-2:]]
+        ys = y if s == 1.0 else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+        if h is None:
+            h = torch.zeros(1, 1, k, k, dtype=y.dtype, device=y.device)
+            if init == "small":  # a 3×3 box
+                h[..., k // 2 - 1 : k // 2 + 2, k // 2 - 1 : k // 2 + 2] = 1 / 9
+            else:  # the uniform kernel over the coarsest support
+                h[:] = 1 / k**2
+        else:
+            h = rescale_kernel(h, k, s / s_prev)
+        s_prev = s
+        x = F.pad(ys, (k // 2,) * 4, mode="replicate")
+        for t in range(int(iters)):
+            sig = float(sigmas[li * int(iters) + t])
+            for _ in range(int(inner)):
+                x = _denoise(prior, _hqs_prox(x, ys, h, rho), sig)
+                evals += 1
+            c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
+            h = kernel_step(x, ys, k, c, edges)
+            for key, v in (("level", li), ("sigma", sig), ("covariance", c), ("score_evals", evals)):
+                hist[key].append(v)
+            hist["seconds"].append(time.perf_counter() - t0)
+            if callback is not None:
+                callback({"level": li, "iteration": t, "sigma": sig, "x": x, "kernel": h, "score_evals": evals})
+        hist["scales"].append((k, h.cpu()))
+    return DeblurResult(image=x, kernel=h, theta=h.flatten(1), history=hist)

@@ -1,0 +1,201 @@
+"""The coarse-to-fine EM engine (lit_blind.marginal): each step against a closed form or a brute force."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_blind import GaussianPrior, deblur
+from lit_blind.kernels import dirac, gaussian_kernel
+from lit_blind.marginal import (
+    gradient_covariance_trace,
+    kernel_normal_equations,
+    kernel_step,
+    marginal_em,
+    prune_kernel,
+    pyramid,
+    rescale_kernel,
+    solve_kernel,
+)
+from lit_blind.metrics import kernel_error
+from lit_blind.physics import blur
+
+
+def _blocks(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A piecewise-constant test image with edges in every orientation, (1, 1, h, w) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    x = torch.full((h, w), 0.3, dtype=torch.float64)
+    for _ in range(12):
+        cy, cx, r = (torch.rand(3, generator=g, dtype=torch.float64) * torch.tensor([h, w, h / 4])).tolist()
+        x[(yy - cy) ** 2 + (xx - cx) ** 2 < (r + 3) ** 2] = float(torch.rand(1, generator=g))
+        a, b = (torch.rand(2, generator=g, dtype=torch.float64) * 2 - 1).tolist()
+        x[(a * (yy - h / 2) + b * (xx - w / 2)) > r * 4] *= 0.7
+    return x[None, None]
+
+
+def _motion_kernel(k: int) -> torch.Tensor:
+    h = torch.zeros(1, 1, k, k, dtype=torch.float64)
+    for t in range(k - 2):
+        h[0, 0, 1 + t, 1 + round((k - 3) * (0.5 + 0.5 * math.sin(t / 2)))] = 1.0 + t % 2
+    return h / h.sum()
+
+
+def test_normal_equations_match_brute_force_where_the_toeplitz_form_is_exact():
+    k, H, W = 5, 9, 11
+    g = torch.zeros(1, 1, H + k - 1 + 2 * k, W + k - 1 + 2 * k, dtype=torch.float64)
+    g[..., k:-k, k:-k] = torch.randn(1, 1, H + k - 1, W + k - 1, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(1, 1, H + 2 * k, W + 2 * k, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    M, b = kernel_normal_equations([g], [y], k)
+    patches = F.unfold(g, k)[0].T  # (positions i, m) = g(i + m), valid positions
+    assert torch.allclose(b, patches.T @ y.flatten(), atol=1e-9)
+    assert torch.allclose(M, patches.T @ patches, atol=1e-9)  # g vanishes near the border: no boundary term
+
+
+def test_solve_kernel_satisfies_the_kkt_conditions():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(40, generator=g, dtype=torch.float64)
+    M, rhs = A.T @ A, A.T @ b
+    h = solve_kernel(M, rhs, reg=0.5, iters=2000)
+    grad = (M + 0.5 * torch.eye(16, dtype=torch.float64)) @ h - rhs
+    assert (h >= 0).all() and (h > 0).any() and (h == 0).any()
+    assert grad[h > 0].abs().max() < 1e-6
+    assert grad[h == 0].min() > -1e-6
+
+
+def test_kernel_step_recovers_the_kernel_from_the_sharp_image():
+    k = 9
+    x = _blocks(80, 72)
+    h_true = _motion_kernel(k)
+    y = blur(x, h_true, "valid")
+    h = kernel_step(x, y, k, reg=1e-6, edges=0)
+    assert h.shape == (1, 1, k, k) and abs(h.sum().item() - 1) < 1e-9 and (h >= 0).all()
+    assert kernel_error(h, h_true) < 0.1
+
+
+def test_gradient_covariance_trace_matches_the_dense_formula():
+    shape, rho, sigma = (6, 7), 0.3, 0.05
+    h = gaussian_kernel(3, 0.8, torch.float64)
+    n = shape[0] * shape[1]
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, *shape)
+    hp = torch.zeros(shape, dtype=torch.float64)
+    hp[:3, :3] = h[0, 0]
+    hp = torch.roll(hp, (-1, -1), (0, 1))  # origin at the centre pixel, circularly
+    H = torch.fft.ifft2(torch.fft.fft2(eye) * torch.fft.fft2(hp)).real.reshape(n, n).T
+    Dx = (torch.roll(eye, -1, -1) - eye).reshape(n, n).T
+    Dy = (torch.roll(eye, -1, -2) - eye).reshape(n, n).T
+    C = sigma**2 * torch.linalg.inv(H.T @ H / rho + torch.eye(n, dtype=torch.float64))
+    dense = torch.trace(Dx @ C @ Dx.T) + torch.trace(Dy @ C @ Dy.T)
+    assert gradient_covariance_trace(h, shape, sigma, rho) == pytest.approx(dense.item(), rel=1e-9)
+    # the no-blur kernel leaves x least uncertain: the term grows with the blur it has to undo
+    wide = gradient_covariance_trace(gaussian_kernel(3, 2.0, torch.float64), shape, sigma, rho)
+    assert gradient_covariance_trace(dirac(3, torch.float64), shape, sigma, rho) < dense.item() < wide
+
+
+def test_rescale_kernel_stretches_by_the_ratio():
+    h = gaussian_kernel(9, 1.0, torch.float64)
+    assert torch.allclose(rescale_kernel(h, 9, 1.0), h, atol=1e-12)
+    up = rescale_kernel(h, 17, 2.0)
+    r = torch.arange(17, dtype=torch.float64) - 8
+    std = (up[0, 0].sum(0) * r**2).sum().sqrt().item()
+    assert up.sum().item() == pytest.approx(1.0) and std == pytest.approx(2.0, rel=0.1)
+
+
+def test_prune_kernel_drops_specks_normalises_and_centres():
+    h = torch.zeros(1, 1, 11, 11, dtype=torch.float64)
+    h[0, 0, 2, 2:5] = 1.0  # the kernel, off centre
+    h[0, 0, 9, 9] = 0.2  # an isolated speck, 6 % of the mass
+    h[0, 0, 3, 3] = 0.01  # below 5 % of the maximum
+    p = prune_kernel(h)
+    assert p.sum().item() == pytest.approx(1.0) and (p > 0).sum().item() == 3
+    assert p[0, 0, 5, 4:7].sum().item() == pytest.approx(1.0)
+
+
+def test_pyramid_goes_from_the_smallest_kernel_to_the_requested_one():
+    levels = pyramid(31)
+    assert levels[-1] == (1.0, 31) and all(k % 2 == 1 and k >= 5 for _, k in levels)
+    assert [k for _, k in levels] == sorted(k for _, k in levels)
+
+
+def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
+    k = 9
+    x = _blocks(96, 96)
+    h_true = _motion_kernel(k)
+    g = torch.Generator().manual_seed(3)
+    y = blur(x, h_true, "valid")
+    y = y + 0.005 * torch.randn(y.shape, generator=g, dtype=y.dtype)
+    seen = []
+    res = marginal_em(y, GaussianPrior(), k, callback=seen.append)
+    assert res.kernel.shape == (1, 1, k, k) and res.image.shape == (1, 1, 96, 96)
+    assert len(seen) == len(res.history["sigma"]) and res.history["score_evals"][-1] == 2 * len(seen)
+    assert kernel_error(res.kernel, h_true) < kernel_error(dirac(k, torch.float64), h_true) - 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kernel_size": 41}, "kernel_size 41 must not exceed"),
+        ({"kernel_size": 8}, "kernel_size must be an odd"),
+        ({"sigma_start": 0.01, "sigma_end": 0.02}, "sigma_end must not exceed"),
+        ({"iters": 0}, "iters must be a positive integer"),
+        ({"init": "oracle"}, "init must be one of"),
+    ],
+)
+def test_marginal_em_rejects_bad_arguments(kwargs, match):
+    y = torch.rand(1, 1, 40, 40, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        marginal_em(y, GaussianPrior(), **({"kernel_size": 9} | kwargs))
+
+
+def test_marginal_em_rejects_bad_images():
+    with pytest.raises(ValueError, match="must be finite"):
+        marginal_em(torch.full((1, 1, 40, 40), float("nan")), GaussianPrior(), 9)
+    with pytest.raises(ValueError, match="1 channel"):
+        marginal_em(torch.rand(1, 3, 40, 40), GaussianPrior(), 9)
+
+
+def test_deblur_em_rejects_settings_it_cannot_honour():
+    y = torch.rand(1, 1, 40, 40, dtype=torch.float64)
+    with pytest.raises(ValueError, match="family must be 'simplex'"):
+        deblur(y, GaussianPrior(), algorithm="em", family="gaussian", kernel_size=9, boundary="valid")
+    with pytest.raises(ValueError, match="boundary must be 'valid'"):
+        deblur(y, GaussianPrior(), algorithm="em", kernel_size=9, boundary="circular")
+    with pytest.raises(ValueError, match="em_options apply"):
+        deblur(y, GaussianPrior(), algorithm="alternating", kernel_size=9, em_options={"iters": 2})
+
+
+def test_deblur_cli_em_writes_a_complete_result(tmp_path):
+    import json
+
+    import numpy as np
+
+    from lit_blind.cli import main
+    from lit_blind.io import read_image, write_image
+
+    x = _blocks(60, 52).float()
+    write_image(tmp_path / "photo.png", blur(x, _motion_kernel(7).float(), "circular"))
+    out = tmp_path / "o"
+    rc = main(
+        ["deblur", str(tmp_path / "photo.png"), "--prior", "gaussian", "--algorithm", "em"]
+        + ["--kernel-size", "7", "--out", str(out)]
+    )
+    assert rc == 0
+    k = np.load(out / "kernel.npy")
+    assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
+    assert read_image(out / "deblurred.png").shape == (1, 1, 60, 52)
+    assert json.loads((out / "result.json").read_text())["score_evals"] > 0
+    with pytest.raises(ValueError, match="--boundary valid"):
+        main(
+            [
+                "deblur",
+                str(tmp_path / "photo.png"),
+                "--prior",
+                "gaussian",
+                "--algorithm",
+                "em",
+                "--boundary",
+                "circular",
+            ]
+        )
