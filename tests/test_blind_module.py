@@ -175,3 +175,35 @@ def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
     free = DeblurProbe(inits=["oracle"], K=1, K_x=1)
     (row,) = free.run(prior, item["image"][None], "im1_kernel3", ResultsFile(tmp_path / "free", free.key), item=extra)
     assert row["kernel_error"] > 0.3 and row["no_blur_distance"] < 0.95
+
+
+def test_levin_em_config_smoke(tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "lev_em"
+    run_lightning_cli(
+        [
+            "test",
+            "--config",
+            str(ROOT / "configs/benchmarks/levin09.yaml"),
+            "--config",
+            str(ROOT / "configs/benchmarks/levin09_em.yaml"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--model.init_args.output_dir",
+            str(out),
+            "--model.init_args.probe.init_args.inits",
+            "[small]",
+            "--model.init_args.probe.init_args.kernel_size",
+            "15",
+            "--model.init_args.probe.init_args.em_options",
+            "{iters: 1, inner: 1}",
+            "--data.init_args.images",
+            "[1]",
+            "--data.init_args.kernels",
+            "[3]",
+        ]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["small"]["images"] == 1 and summary["small"]["mean_error_ratio"] > 0

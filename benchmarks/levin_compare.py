@@ -1,0 +1,93 @@
+"""Levin 2009: every method on one cumulative error-ratio plot, with the two reference rows computed here.
+
+References scored with :func:`lit_blind.metrics.error_ratio` (the same yardstick as ``DeblurProbe``): the
+no-blur Dirac kernel, and the kernels of the ℓ0-gradient peer (Anger, Facciolo & Delbracio, IPOL 2019,
+``../shared/data/levin09/peer_l0_kernels/``, correlation orientation: flipped to true convolution here, as the
+Levin loader does). Methods: the ``results.jsonl`` of Levin runs (``lit-blind test --config
+configs/benchmarks/levin09*.yaml``), given as ``LABEL=PATH[:INIT]``.
+
+    python benchmarks/levin_compare.py --out docs/levin_error_ratios_all.png \\
+        "EM=outputs/levin09_em_nocov/results.jsonl:large" "Algorithm 1=old/results.jsonl:large"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_blind.data import LevinDataModule  # noqa: E402
+from lit_blind.kernels import dirac  # noqa: E402
+from lit_blind.metrics import error_ratio, kernel_error  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "levin09"
+
+
+def reference_rows() -> dict[str, dict[str, tuple[float, float]]]:
+    """{"Dirac": {image_id: (ER, kernel error)}, "ℓ0 peer": {...}}."""
+    dm = LevinDataModule(root=str(SHARED))
+    dm.setup()
+    out: dict[str, dict[str, tuple[float, float]]] = {"Dirac (no deblurring)": {}, "ℓ0 peer (IPOL 2019)": {}}
+    for item in dm.items:
+        y, sharp, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
+        peer = np.load(SHARED / "peer_l0_kernels" / f"{item['image_id']}.npy")[::-1, ::-1].copy()
+        for name, est in (
+            ("Dirac (no deblurring)", dirac(31, torch.float64)),
+            ("ℓ0 peer (IPOL 2019)", torch.from_numpy(peer)[None, None]),
+        ):
+            out[name][item["image_id"]] = (error_ratio(y, sharp, est, h), kernel_error(est, h))
+        print(item["image_id"], {k: round(v[item["image_id"]][0], 2) for k, v in out.items()}, flush=True)
+    return out
+
+
+def method_rows(spec: str) -> tuple[str, dict[str, tuple[float, float]]]:
+    label, path = spec.split("=", 1)
+    path, _, init = path.partition(":")
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "error_ratio" in r and (not init or r["init"] == init)]
+    return label, {r["image_id"]: (r["error_ratio"], r["kernel_error"]) for r in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("methods", nargs="*", help="LABEL=results.jsonl[:INIT]")
+    ap.add_argument("--out", default="outputs/levin_compare.png")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} not found")
+        return
+    table = dict(method_rows(m) for m in args.methods) | reference_rows()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    grid = np.linspace(1, 10, 200)
+    print("| method | images | ER ≤ 3 | mean ER | median ER | kernel error |")
+    print("|---|---|---|---|---|---|")
+    for label, rows in table.items():
+        er = np.array([v[0] for v in rows.values()])
+        ke = [v[1] for v in rows.values()]
+        ax.plot(grid, [(er <= g).mean() for g in grid], label=label)
+        print(
+            f"| {label} | {len(er)} | {(er <= 3).sum()}/{len(er)} | {er.mean():.2f} | {np.median(er):.2f} | {statistics.mean(ke):.3f} |"
+        )
+    ax.axvline(3, color="gray", lw=0.5)
+    ax.set(xlabel="error ratio", ylabel="fraction of the 32 images with ER ≤ x", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
