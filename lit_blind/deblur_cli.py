@@ -54,7 +54,8 @@ def deblur_main(argv: list[str]) -> int:
 
     args = _parser().parse_args(argv)
     prior = load_prior(args.prior)
-    y = read_image(args.image, channels=prior.channels)
+    # EM keeps an RGB photo in colour with a gray prior (kernel on the luminance); Algorithms 1–2 convert
+    y = read_image(args.image, channels=None if args.algorithm == "em" else prior.channels)
     t0 = time.perf_counter()
     res = _deblur_em(args, y, prior, tqdm) if args.algorithm == "em" else _deblur_map(args, y, prior, tqdm)
     out = Path(args.out)

@@ -207,7 +207,9 @@ def marginal_em(
               + \operatorname{tr}(\nabla C \nabla^\top)\,\|h\|^2,\qquad z = D(x_p, \sigma_t)
 
     ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
-    ``y`` ``(1, 1, H, W)`` in [0, 1] with valid boundaries (a real photograph); returns the image on the
+    ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
+    has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
+    level's σ schedule, the prior applied per channel). Returns the image on the
     (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
     and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
     ``seconds``) and every level's final kernel in ``history["scales"]``.
@@ -216,9 +218,13 @@ def marginal_em(
 
         res = marginal_em(y, load_prior("natural-gray-small"), kernel_size=31)
     """
-    y = check_image("y", y, channels=prior.channels)
-    if y.shape[0] != 1 or y.shape[1] != 1:
-        raise ValueError(f"y must be one gray image (1, 1, H, W), got shape {tuple(y.shape)}")
+    y = check_image("y", y)
+    if y.shape[0] != 1 or y.shape[1] not in {prior.channels, 3 if prior.channels == 1 else prior.channels}:
+        raise ValueError(
+            f"y must be one image (1, C, H, W) with C = {prior.channels} (the prior's channels)"
+            + (" or 3 (RGB: kernel on the luminance, image per channel)" if prior.channels == 1 else "")
+            + f", got shape {tuple(y.shape)}"
+        )
     if int(kernel_size) != kernel_size or kernel_size < 3 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
     if kernel_size > min(y.shape[-2:]):
@@ -234,6 +240,11 @@ def marginal_em(
     check_positive("rho", rho)
     check_positive("edges", edges, allow_zero=True)
     y = y.to(torch.float64)
+    rgb, y_rgb = y.shape[1] == 3 and prior.channels == 1, y
+    if rgb:  # estimate the kernel on the luminance (ITU-R BT.601 weights)
+        y = (y * torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device)[:, None, None]).sum(
+            1, keepdim=True
+        )
     levels = pyramid(int(kernel_size), int(min_kernel))
     sigmas = np.geomspace(sigma_start, sigma_end, len(levels) * int(iters))
     hist: dict = {"level": [], "sigma": [], "covariance": [], "score_evals": [], "seconds": [], "scales": []}
@@ -264,4 +275,13 @@ def marginal_em(
             if callback is not None:
                 callback({"level": li, "iteration": t, "sigma": sig, "x": x, "kernel": h, "score_evals": evals})
         hist["scales"].append((k, h.cpu()))
+    if rgb:  # each channel deconvolved under the final kernel with the gray prior, same σ schedule as the last level
+        x = F.pad(y_rgb, (h.shape[-1] // 2,) * 4, mode="replicate").transpose(0, 1)
+        yc, hc = y_rgb.transpose(0, 1), h.expand(3, 1, -1, -1)
+        for sig in sigmas[-int(iters) :]:
+            for _ in range(int(inner)):
+                x = _denoise(prior, _hqs_prox(x, yc, hc, rho), float(sig))
+                evals += 1
+        x = x.transpose(0, 1)
+        hist["score_evals"][-1] = evals
     return DeblurResult(image=x, kernel=h, theta=h.flatten(1), history=hist)

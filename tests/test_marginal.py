@@ -152,8 +152,8 @@ def test_marginal_em_rejects_bad_arguments(kwargs, match):
 def test_marginal_em_rejects_bad_images():
     with pytest.raises(ValueError, match="must be finite"):
         marginal_em(torch.full((1, 1, 40, 40), float("nan")), GaussianPrior(), 9)
-    with pytest.raises(ValueError, match="1 channel"):
-        marginal_em(torch.rand(1, 3, 40, 40), GaussianPrior(), 9)
+    with pytest.raises(ValueError, match="C = 1"):
+        marginal_em(torch.rand(1, 2, 40, 40), GaussianPrior(), 9)
 
 
 def test_deblur_em_rejects_settings_it_cannot_honour():
@@ -175,6 +175,7 @@ def test_deblur_cli_em_writes_a_complete_result(tmp_path):
     from lit_blind.io import read_image, write_image
 
     x = _blocks(60, 52).float()
+    x = torch.cat([x, x.flip(-1), 1 - x], 1)  # an RGB photo: it comes back in colour
     write_image(tmp_path / "photo.png", blur(x, _motion_kernel(7).float(), "circular"))
     out = tmp_path / "o"
     rc = main(
@@ -184,7 +185,7 @@ def test_deblur_cli_em_writes_a_complete_result(tmp_path):
     assert rc == 0
     k = np.load(out / "kernel.npy")
     assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
-    assert read_image(out / "deblurred.png").shape == (1, 1, 60, 52)
+    assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
     assert json.loads((out / "result.json").read_text())["score_evals"] > 0
     with pytest.raises(ValueError, match="--boundary valid"):
         main(
@@ -207,3 +208,23 @@ def test_covariance_term_enters_the_kernel_step_only_when_asked():
     on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance=True)
     assert all(c == 0 for c in off.history["covariance"]) and all(c > 0 for c in on.history["covariance"])
     assert not torch.allclose(on.kernel, off.kernel)
+
+
+def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
+    x = _blocks(56, 50)
+    rgb = torch.cat([x, 0.8 * x.flip(-1), 1 - x], 1)
+    h = _motion_kernel(7)
+    y = blur(rgb, h, "valid")
+    res = marginal_em(y, GaussianPrior(), 7, iters=2)
+    assert res.image.shape == (1, 3, 56, 50) and res.kernel.shape == (1, 1, 7, 7)
+    # each channel is its own image: the colour differences survive
+    assert (res.image[:, 0] - res.image[:, 2]).abs().mean() > 0.2
+    gray = marginal_em(
+        (y * torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype)[:, None, None]).sum(1, keepdim=True),
+        GaussianPrior(),
+        7,
+        iters=2,
+    )
+    assert torch.allclose(res.kernel, gray.kernel)  # the kernel is the luminance's
+    with pytest.raises(ValueError, match="or 3"):
+        marginal_em(torch.rand(1, 2, 40, 40, dtype=torch.float64), GaussianPrior(), 7)
