@@ -1,5 +1,9 @@
 """``lit-blind deblur IMAGE --prior SPEC --kernel-size K --out DIR``: blind deconvolution of one photo.
 
+The default ``--algorithm em`` is :func:`lit_blind.marginal.marginal_em` (an RGB photo stays RGB with a gray
+prior); ``--algorithm alternating|drs`` runs the paper's Algorithms 1–2, whose step options are rejected with
+``em`` rather than ignored.
+
 Writes ``deblurred.png`` (cropped to the input size), ``kernel.png`` (scaled to its maximum), ``kernel.npy``
 (the kernel, true-convolution convention, sum 1), ``comparison.png`` (blurry | deblurred | kernel) and
 ``result.json`` (settings, final θ size, data fidelity, seconds).
@@ -14,6 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+# flag, type, default, help of the options that only Algorithms 1-2 read (None on the parser: an explicit value
+# with --algorithm em is an error, not silently ignored)
+MAP_OPTIONS = [
+    ("--sigma-y", float, 0.01, "noise level σ_y"),
+    ("--iterations", int, 40, "outer iterations K"),
+    ("--inner", int, 10, "image steps per outer iteration K_x"),
+    ("--reset", int, 100, "reset x to y every R iterations"),
+    ("--gamma-x", float, "0.1 alternating, 1.0 drs", "image step γ_x"),
+    ("--gamma-theta", str, "armijo", "θ step: a number (the paper: 0.001) or 'armijo'"),
+    ("--theta-steps", int, 5, "θ steps per outer iteration"),
+    ("--theta-start", int, 0, "outer iterations before the first kernel step"),
+    ("--scales", int, 1, "coarse-to-fine scales (simplex family), 1 = off"),
+]
+
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lit-blind deblur", description="Blind deconvolution of one image")
@@ -27,21 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--init", default="large", choices=["large", "small"])
     ap.add_argument(
         "--algorithm",
-        default="alternating",
-        choices=["alternating", "drs", "em"],
-        help="em: coarse-to-fine EM (lit_blind.marginal; valid boundary, its own schedule: the step options below "
-        "do not apply)",
+        default="em",
+        choices=["em", "alternating", "drs"],
+        help="em (default): coarse-to-fine EM with the prior's denoiser (lit_blind.marginal; valid boundary, its own "
+        "schedule); alternating / drs: the paper's Algorithms 1 / 2 with the options below",
     )
     ap.add_argument("--boundary", default="valid", choices=["valid", "circular"])
-    ap.add_argument("--sigma-y", type=float, default=0.01)
-    ap.add_argument("--iterations", type=int, default=40, help="outer iterations K")
-    ap.add_argument("--inner", type=int, default=10, help="image steps per outer iteration K_x")
-    ap.add_argument("--reset", type=int, default=100, help="reset x to y every R iterations")
-    ap.add_argument("--gamma-x", type=float, default=None, help="image step (default 0.1 alternating, 1.0 drs)")
-    ap.add_argument("--gamma-theta", default="armijo", help="a number (the paper: 0.001) or 'armijo'")
-    ap.add_argument("--theta-steps", type=int, default=5)
-    ap.add_argument("--theta-start", type=int, default=0, help="outer iterations before the first kernel step")
-    ap.add_argument("--scales", type=int, default=1, help="coarse-to-fine scales (simplex family), 1 = off")
+    map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
+    for flag, typ, default, text in MAP_OPTIONS:
+        map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default {default})")
     return ap
 
 
@@ -86,6 +98,9 @@ def _deblur_em(args, y, prior, tqdm):
     """``--algorithm em``: :func:`~lit_blind.marginal.marginal_em` (its own schedule)."""
     from lit_blind.marginal import marginal_em, pyramid
 
+    given = [flag for flag, *_ in MAP_OPTIONS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
     if args.boundary != "valid":
         raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
     if args.family != "simplex":
@@ -106,6 +121,10 @@ def _deblur_map(args, y, prior, tqdm):
     """``--algorithm alternating|drs``: Algorithm 1 / 2 through :func:`~lit_blind.api.deblur`."""
     from lit_blind.api import deblur
 
+    for flag, _, default, _ in MAP_OPTIONS:
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is None and flag != "--gamma-x":
+            setattr(args, name, default)
     gamma_theta = args.gamma_theta if args.gamma_theta == "armijo" else float(args.gamma_theta)
     bar = tqdm(total=args.iterations * args.scales, desc="deblur", unit="it")
     res = deblur(

@@ -219,6 +219,8 @@ def test_deblur_cli_on_rgb_nonsquare_photo(tmp_path):
     args = [
         "--prior",
         "gaussian-rgb",
+        "--algorithm",
+        "alternating",
         "--kernel-size",
         "7",
         "--iterations",

@@ -187,6 +187,8 @@ def test_deblur_cli_em_writes_a_complete_result(tmp_path):
     assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
     assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
     assert json.loads((out / "result.json").read_text())["score_evals"] > 0
+    with pytest.raises(ValueError, match="--iterations apply to --algorithm alternating"):
+        main(["deblur", str(tmp_path / "photo.png"), "--prior", "gaussian", "--iterations", "3"])
     with pytest.raises(ValueError, match="--boundary valid"):
         main(
             [
