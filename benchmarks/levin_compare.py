@@ -30,11 +30,11 @@ from lit_blind.metrics import error_ratio, kernel_error  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "levin09"
 
 
-def reference_rows() -> dict[str, dict[str, tuple[float, float]]]:
-    """{"Dirac": {image_id: (ER, kernel error)}, "ℓ0 peer": {...}}."""
+def reference_rows() -> dict[str, dict[str, dict]]:
+    """{"Dirac …": {image_id: row}, "ℓ0 peer …": {...}}, rows with ``error_ratio`` and ``kernel_error``."""
     dm = LevinDataModule(root=str(SHARED))
     dm.setup()
-    out: dict[str, dict[str, tuple[float, float]]] = {"Dirac (no deblurring)": {}, "ℓ0 peer (IPOL 2019)": {}}
+    out: dict[str, dict[str, dict]] = {"Dirac (no deblurring)": {}, "ℓ0 peer (IPOL 2019)": {}}
     for item in dm.items:
         y, sharp, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
         peer = np.load(SHARED / "peer_l0_kernels" / f"{item['image_id']}.npy")[::-1, ::-1].copy()
@@ -42,28 +42,37 @@ def reference_rows() -> dict[str, dict[str, tuple[float, float]]]:
             ("Dirac (no deblurring)", dirac(31, torch.float64)),
             ("ℓ0 peer (IPOL 2019)", torch.from_numpy(peer)[None, None]),
         ):
-            out[name][item["image_id"]] = (error_ratio(y, sharp, est, h), kernel_error(est, h))
-        print(item["image_id"], {k: round(v[item["image_id"]][0], 2) for k, v in out.items()}, flush=True)
+            row = {"error_ratio": error_ratio(y, sharp, est, h), "kernel_error": kernel_error(est, h)}
+            out[name][item["image_id"]] = row | {"no_blur_distance": kernel_error(est, dirac(31, torch.float64))}
+        print(item["image_id"], {k: round(v[item["image_id"]]["error_ratio"], 2) for k, v in out.items()}, flush=True)
     return out
 
 
-def method_rows(spec: str) -> tuple[str, dict[str, tuple[float, float]]]:
+def method_rows(spec: str) -> tuple[str, dict[str, dict]]:
     label, path = spec.split("=", 1)
     path, _, init = path.partition(":")
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "error_ratio" in r and (not init or r["init"] == init)]
-    return label, {r["image_id"]: (r["error_ratio"], r["kernel_error"]) for r in rows}
+    return label, {r["image_id"]: r for r in rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("methods", nargs="*", help="LABEL=results.jsonl[:INIT]")
     ap.add_argument("--out", default="outputs/levin_compare.png")
+    ap.add_argument("--no-references", action="store_true", help="skip the Dirac and ℓ0-peer rows (≈ 8 CPU minutes)")
+    ap.add_argument("--references", default="outputs/levin_references.json", help="cache of the reference rows")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} not found")
         return
-    table = dict(method_rows(m) for m in args.methods) | reference_rows()
+    table = dict(method_rows(m) for m in args.methods)
+    if not args.no_references:
+        cache = Path(args.references)
+        if not cache.is_file():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(reference_rows()))
+        table |= json.loads(cache.read_text())
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,14 +80,22 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     grid = np.linspace(1, 10, 200)
-    print("| method | images | ER ≤ 3 | mean ER | median ER | kernel error |")
-    print("|---|---|---|---|---|---|")
+    formats = {"kernel_error": ".3f", "no_blur_distance": ".3f", "psnr": ".2f", "score_evals": ".0f", "seconds": ".0f"}
+    print(
+        "| method | images | ER ≤ 3 | mean ER | median ER | kernel error | distance to the Dirac | PSNR | score evals | s/image |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, rows in table.items():
-        er = np.array([v[0] for v in rows.values()])
-        ke = [v[1] for v in rows.values()]
+        er = np.array([r["error_ratio"] for r in rows.values()])
         ax.plot(grid, [(er <= g).mean() for g in grid], label=label)
+        cells = [
+            format(statistics.mean(r[c] for r in rows.values()), f) if all(c in r for r in rows.values()) else "—"
+            for c, f in formats.items()
+        ]
         print(
-            f"| {label} | {len(er)} | {(er <= 3).sum()}/{len(er)} | {er.mean():.2f} | {np.median(er):.2f} | {statistics.mean(ke):.3f} |"
+            f"| {label} | {len(er)} | {(er <= 3).sum()}/{len(er)} | {er.mean():.2f} | {np.median(er):.2f} | "
+            + " | ".join(cells)
+            + " |"
         )
     ax.axvline(3, color="gray", lw=0.5)
     ax.set(xlabel="error ratio", ylabel="fraction of the 32 images with ER ≤ x", ylim=(0, 1))

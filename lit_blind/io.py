@@ -63,6 +63,9 @@ def _to_unit_range(a: np.ndarray, path: Path) -> np.ndarray:
     return a
 
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
 def read_image(path: str | Path, channels: int | None = None, key: str | None = None) -> Tensor:
     """Read PNG/JPEG/BMP/TIFF, ``.npy`` (H×W or H×W×C) or ``.mat`` into a ``(1, C, H, W)`` tensor in [0, 1].
 
@@ -79,9 +82,9 @@ def read_image(path: str | Path, channels: int | None = None, key: str | None = 
         from PIL import Image
 
         with Image.open(path) as im:
-            if channels is not None:
+            if channels is not None and im.mode not in SIXTEEN_BIT:  # PIL's convert clips 16-bit values to 255
                 im = im.convert("L" if channels == 1 else "RGB")
-            elif im.mode not in ("L", "RGB", "I;16"):
+            elif channels is None and im.mode not in ("L", "RGB", *SIXTEEN_BIT):
                 raise ValueError(f"{path} has mode {im.mode!r}; pass channels=1 or 3 to convert it")
             a = np.asarray(im)
     elif suffix == ".npy":

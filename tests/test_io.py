@@ -80,3 +80,17 @@ def test_bad_files(tmp_path, call, match):
     Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA").save(tmp_path / "rgba.png")
     with pytest.raises(ValueError, match=match):
         call(tmp_path)
+
+
+def test_sixteen_bit_png_keeps_its_values_when_converted(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lit_blind.io import read_image
+
+    a = (np.linspace(0, 1, 40 * 30).reshape(30, 40) * 65535).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "deep.png")
+    for channels in (None, 1, 3):
+        x = read_image(tmp_path / "deep.png", channels=channels)
+        assert x.shape == (1, channels or 1, 30, 40)
+        assert np.allclose(x[0, 0].numpy(), a / 65535, atol=1e-6)  # not clipped to white
