@@ -12,17 +12,26 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _demo(argv: list[str]) -> int:
-    from lit_blind.demo import print_deblur_summary, print_summary, run_deblur_demo, run_demo
+    from lit_blind.demo import (
+        print_deblur_summary,
+        print_em_summary,
+        print_summary,
+        run_deblur_demo,
+        run_demo,
+        run_em_demo,
+    )
 
     ap = argparse.ArgumentParser(prog="lit-blind demo", description="Blind deblurring and Theorem 1 on embedded images")
     ap.add_argument("--out", default="outputs/demo", help="output directory")
     ap.add_argument("--size", type=int, default=128, help="image size of the Theorem-1 part (pixels)")
     ap.add_argument("--prior", default="natural-gray-small", help="prior of the deblurring part (load_prior spec)")
+    ap.add_argument("--em-size", type=int, default=256, help="image size of the default (EM) deblurring part")
     ap.add_argument("--iterations", type=int, default=20, help="outer iterations K of the deblurring part")
     ap.add_argument("--inner", type=int, default=100, help="image steps K_x of the deblurring part")
     ap.add_argument("--skip-deblur", action="store_true", help="only the Theorem-1 part")
     args = ap.parse_args(argv)
     if not args.skip_deblur:
+        print_em_summary(run_em_demo(Path(args.out) / "deblur", args.prior, size=args.em_size))
         print_deblur_summary(run_deblur_demo(Path(args.out) / "deblur", args.prior, K=args.iterations, K_x=args.inner))
     summary = run_demo(Path(args.out) / "theorem1", size=args.size)
     print_summary(summary)

@@ -7,10 +7,12 @@ from lit_blind.results import ResultsFile
 
 
 def test_demo_writes_outputs_and_shows_theorem1(tmp_path, capsys):
-    args = ["--size", "32", "--prior", "gaussian", "--iterations", "2", "--inner", "2"]
+    args = ["--size", "32", "--prior", "gaussian", "--iterations", "2", "--inner", "2", "--em-size", "48"]
     assert main(["demo", "--out", str(tmp_path), *args]) == 0
-    for name in ("comparison.png", "deblurred_large.png", "kernel_small.png", "summary.json"):
+    for name in ("comparison.png", "deblurred_large.png", "kernel_small.png", "summary.json", "comparison_em.png"):
         assert (tmp_path / "deblur" / name).is_file()
+    em = json.loads((tmp_path / "deblur" / "em_summary.json").read_text())
+    assert em["blurry_psnr"] > 10 and em["psnr"] > 10 and 0 <= em["kernel_error"] and em["score_evals"] > 0
     deblur = json.loads((tmp_path / "deblur" / "summary.json").read_text())
     assert {"large", "small"} <= deblur.keys() and deblur["large"]["kernel_error"] >= 0
     tmp_path = tmp_path / "theorem1"

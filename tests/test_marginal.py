@@ -206,8 +206,8 @@ def test_deblur_cli_em_writes_a_complete_result(tmp_path):
 
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1)
-    on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance=True)
+    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance=False)
+    on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1)
     assert all(c == 0 for c in off.history["covariance"]) and all(c > 0 for c in on.history["covariance"])
     assert not torch.allclose(on.kernel, off.kernel)
 
