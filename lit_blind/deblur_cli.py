@@ -88,7 +88,10 @@ def deblur_main(argv: list[str]) -> int:
         "data_fidelity": res.history["data_fidelity"][-1] if "data_fidelity" in res.history else None,
         "score_evals": res.history["score_evals"][-1],
         "seconds": time.perf_counter() - t0,
+        "warnings": res.history.get("warnings", []),
     }
+    for warning in summary["warnings"]:
+        print(f"lit-blind: warning: {warning}")
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out}/deblurred.png, kernel.png, kernel.npy, comparison.png ({summary['seconds']:.1f} s)")
     return 0

@@ -214,7 +214,8 @@ def marginal_em(
     level's σ schedule, the prior applied per channel). Returns the image on the
     (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
     and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
-    ``seconds``) and every level's final kernel in ``history["scales"]``.
+    ``seconds``), every level's final kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size
+    may be too small" when more than 1 % of the kernel's mass lies on the border of its support).
 
     Example::
 
@@ -286,4 +287,12 @@ def marginal_em(
                 evals += 1
         x = x.transpose(0, 1)
         hist["score_evals"][-1] = evals
+    ring = torch.cat([h[0, 0, [0, -1], :].flatten(), h[0, 0, 1:-1, [0, -1]].flatten()])
+    hist["warnings"] = (
+        [
+            f"kernel size may be too small: the estimate has {float(ring.sum()):.1%} of its mass on the border of its {k}×{k} support"
+        ]
+        if float(ring.sum()) > 0.01
+        else []
+    )
     return DeblurResult(image=x, kernel=h, theta=h.flatten(1), history=hist)

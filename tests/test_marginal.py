@@ -230,3 +230,13 @@ def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
     assert torch.allclose(res.kernel, gray.kernel)  # the kernel is the luminance's
     with pytest.raises(ValueError, match="or 3"):
         marginal_em(torch.rand(1, 2, 40, 40, dtype=torch.float64), GaussianPrior(), 7)
+
+
+def test_a_kernel_on_the_border_of_its_support_is_reported():
+    x = _blocks(64, 64)
+    h = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    h[0, 0, 4, :] = 1 / 9  # a 9-px motion blur, as wide as the support
+    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9, iters=2)
+    small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9, iters=2)
+    assert any("kernel size may be too small" in w for w in res.history["warnings"])
+    assert small.history["warnings"] == []
