@@ -14,6 +14,8 @@ from lit_blind.kernels import family as make_family
 from lit_blind.priors import Prior
 
 INITS = ("large", "small")
+#: the paper's values (Algorithms 1–2) of the parameters that ``deblur`` leaves None
+PAPER_DEFAULTS = dict(sigma_y=0.01, K=400, K_x=100, gamma_theta=0.001, theta_steps=1, theta_start=0, R=100, scales=1)
 ALGORITHMS = ("em", "alternating", "drs")
 
 
@@ -49,30 +51,35 @@ def deblur(
     y: Tensor,
     prior: Prior | str,
     *,
+    algorithm: str = "em",
     family: str = "simplex",
     kernel_size: int = 31,
     init: str = "large",
+    boundary: str | None = None,
     theta0: Tensor | None = None,
     theta_ref: Tensor | None = None,
-    sigma_y: float = 0.01,
-    algorithm: str = "alternating",
-    boundary: str = "circular",
-    K: int = 400,
-    K_x: int = 100,
+    sigma_y: float | None = None,
+    K: int | None = None,
+    K_x: int | None = None,
     gamma_x: float | None = None,
-    gamma_theta: float | str = 0.001,
-    theta_steps: int = 1,
-    theta_start: int = 0,
-    R: int = 100,
+    gamma_theta: float | str | None = None,
+    theta_steps: int | None = None,
+    theta_start: int | None = None,
+    R: int | None = None,
     sigma_denoiser: float | None = None,
-    callback: Callable[[dict], None] | None = None,
     family_kw: dict | None = None,
-    scales: int = 1,
+    scales: int | None = None,
     em_options: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
     r"""Estimate a sharp image and its blur kernel from one blurry image ``y`` ``(1, C, H, W)`` in [0, 1].
 
-    Minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
+    ``algorithm="em"`` (the default, for real photographs): :func:`~lit_blind.marginal.marginal_em`,
+    coarse-to-fine EM with the prior's denoiser, valid boundary, options in ``em_options``; an RGB ``y`` with a
+    gray prior stays RGB. The parameters from ``theta0`` to ``scales`` belong to the paper's algorithms and
+    are an error with ``"em"``; left None they take the paper's values (``PAPER_DEFAULTS``, γ_x 0.01 / 1).
+
+    Otherwise minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
     (``algorithm="alternating"``, γ_x = 0.01 by default) or Algorithm 2 (``"drs"``, γ_x = 1 by default) from
     the ``large`` (the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀
     (for the coarsest kernel when ``scales`` > 1).
@@ -89,7 +96,9 @@ def deblur(
 
     Example::
 
-        res = deblur(y, "natural-gray-small", kernel_size=15, K=40, K_x=20, gamma_theta="armijo")
+        res = deblur(y, "natural-gray-small")                       # EM, 31×31 kernel
+        res = deblur(y, "natural-gray-small", algorithm="alternating", kernel_size=15, K=40, K_x=20,
+                     gamma_theta="armijo")                          # the paper's Algorithm 1
         res.image, res.kernel
     """
     if isinstance(prior, str):
@@ -98,12 +107,21 @@ def deblur(
         prior = load_prior(prior)
     if not isinstance(prior, Prior):
         raise ValueError(f"prior must be a Prior or a load_prior spec, got {type(prior).__name__}")
-    y = check_image("y", y, channels=prior.channels)
     check_choice("algorithm", algorithm, ALGORITHMS)
+    paper = dict(theta0=theta0, theta_ref=theta_ref, sigma_y=sigma_y, K=K, K_x=K_x, gamma_x=gamma_x)
+    paper |= dict(gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R)
+    paper |= dict(sigma_denoiser=sigma_denoiser, family_kw=family_kw, scales=scales)
     if algorithm == "em":
-        return _deblur_em(y, prior, family, kernel_size, init, boundary, theta0, scales, callback, em_options)
+        given = [name for name, v in paper.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to algorithm 'alternating' / 'drs' only, not to 'em'")
+        return _deblur_em(y, prior, family, kernel_size, init, boundary or "valid", callback, em_options)
     if em_options:
         raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
+    y = check_image("y", y, channels=prior.channels)
+    boundary = boundary or "circular"
+    filled = {name: default if paper[name] is None else paper[name] for name, default in PAPER_DEFAULTS.items()}
+    sigma_y, K, K_x, gamma_theta, theta_steps, theta_start, R, scales = filled.values()
     check_positive("sigma_y", sigma_y)  # before it is divided per scale
     sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
     fam = make_family(family, size=sizes[0], **(family_kw or {}))
@@ -135,7 +153,7 @@ def deblur(
     return res
 
 
-def _deblur_em(y, prior, family, kernel_size, init, boundary, theta0, scales, callback, options) -> DeblurResult:
+def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options) -> DeblurResult:
     """``algorithm="em"``: :func:`~lit_blind.marginal.marginal_em` (free-form kernel, valid boundary, its own
     coarse-to-fine pyramid and initialisation)."""
     from lit_blind.marginal import marginal_em
@@ -144,8 +162,6 @@ def _deblur_em(y, prior, family, kernel_size, init, boundary, theta0, scales, ca
         raise ValueError(f"algorithm='em' estimates a free-form kernel: family must be 'simplex', got {family!r}")
     if boundary != "valid":
         raise ValueError(f"algorithm='em' works on real photographs: boundary must be 'valid', got {boundary!r}")
-    if theta0 is not None or scales != 1:
-        raise ValueError("algorithm='em' sets its own initial kernel and pyramid: theta0 and scales must be left unset")
     return marginal_em(y, prior, kernel_size, init=init, callback=callback, **(options or {}))
 
 

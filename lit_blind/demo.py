@@ -70,7 +70,9 @@ def run_deblur_demo(
                 writer.add_image("deblur/image", s["x"][0].clamp(0, 1).float(), s["iteration"])
 
         t0 = time.perf_counter()
-        res = deblur(y, prior, family="simplex", kernel_size=15, init=init, sigma_y=0.01, K=K, K_x=K_x, callback=log)
+        res = deblur(
+            y, prior, algorithm="alternating", kernel_size=15, init=init, sigma_y=0.01, K=K, K_x=K_x, callback=log
+        )
         writer.close()
         results[init] = res
         write_image(out / f"deblurred_{init}.png", res.image.float())

@@ -77,7 +77,14 @@ def test_coarse_to_fine_starts_each_scale_from_the_coarser_kernel_and_recovers_i
     seen = []
     kw = {k: v for k, v in FAST.items() if k != "gamma_x"}
     res = deblur(
-        y, _PinnedAtEveryScale(xbar), kernel_size=15, scales=3, gamma_x=1.0, callback=lambda s: seen.append(s), **kw
+        y,
+        _PinnedAtEveryScale(xbar),
+        algorithm="alternating",
+        kernel_size=15,
+        scales=3,
+        gamma_x=1.0,
+        callback=lambda s: seen.append(s),
+        **kw,
     )
     assert [k for k, _ in res.history["scales"]] == [3, 7, 15] and sorted({s["scale"] for s in seen}) == [0, 1, 2]
     assert all(s["kernel"].shape[-1] == {2: 3, 1: 7, 0: 15}[s["scale"]] for s in seen)
@@ -110,7 +117,7 @@ def test_upsample_kernel_keeps_the_centre_and_the_mass():
 )
 def test_deblur_rejects_bad_scales(kw, match):
     with pytest.raises(ValueError, match=match):
-        deblur(torch.rand(1, 1, 40, 40), GaussianPrior(), **{"K": 1, "K_x": 1, **kw})
+        deblur(torch.rand(1, 1, 40, 40), GaussianPrior(), **{"algorithm": "alternating", "K": 1, "K_x": 1, **kw})
 
 
 def test_paper_defaults_fixed_step_moves_toward_truth():
@@ -146,7 +153,7 @@ def test_deblur_api_rgb_nonsquare_valid_boundary():
     x = torch.rand(1, 3, 21, 26, generator=gen, dtype=D)
     h = family("gaussian", size=5)(torch.tensor([[1.0]], dtype=D))
     y = add_noise(blur(x, h, "valid"), 0.01, gen)
-    res = deblur(y, prior, family="simplex", kernel_size=5, boundary="valid", K=3, K_x=2, gamma_theta="armijo")
+    res = deblur(y, prior, algorithm="alternating", kernel_size=5, boundary="valid", K=3, K_x=2, gamma_theta="armijo")
     assert res.image.shape == (1, 3, 21, 26) and res.kernel.shape == (1, 1, 5, 5)
     assert torch.isfinite(res.image).all()
 
@@ -167,14 +174,16 @@ def test_deblur_api_rgb_nonsquare_valid_boundary():
 def test_deblur_bad_input(kw, match):
     y = torch.rand(1, 1, 32, 32)
     with pytest.raises(ValueError, match=match):
-        deblur(y, GaussianPrior(), **{"K": 1, "K_x": 1, **kw})
+        deblur(y, GaussianPrior(), **{"algorithm": "alternating", "K": 1, "K_x": 1, **kw})
 
 
 def test_deblur_rejects_bad_images():
     with pytest.raises(ValueError, match="channel"):
-        deblur(torch.rand(1, 3, 32, 32), GaussianPrior(), K=1)
+        deblur(torch.rand(1, 3, 32, 32), GaussianPrior(), algorithm="alternating", K=1)
     with pytest.raises(ValueError, match="finite"):
-        deblur(torch.full((1, 1, 32, 32), float("nan")), GaussianPrior(), K=1)
+        deblur(torch.full((1, 1, 32, 32), float("nan")), GaussianPrior(), algorithm="alternating", K=1)
+    with pytest.raises(ValueError, match="finite"):
+        deblur(torch.full((1, 1, 32, 32), float("nan")), GaussianPrior())  # the default, EM
 
 
 def test_metrics_are_shift_invariant_and_error_ratio_is_one_for_true_kernel():

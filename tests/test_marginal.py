@@ -162,6 +162,8 @@ def test_deblur_em_rejects_settings_it_cannot_honour():
         deblur(y, GaussianPrior(), algorithm="em", family="gaussian", kernel_size=9, boundary="valid")
     with pytest.raises(ValueError, match="boundary must be 'valid'"):
         deblur(y, GaussianPrior(), algorithm="em", kernel_size=9, boundary="circular")
+    with pytest.raises(ValueError, match="K, gamma_x apply to algorithm 'alternating'"):
+        deblur(y, GaussianPrior(), kernel_size=9, K=4, gamma_x=0.1)  # the default algorithm is EM
     with pytest.raises(ValueError, match="em_options apply"):
         deblur(y, GaussianPrior(), algorithm="alternating", kernel_size=9, em_options={"iters": 2})
 
@@ -240,3 +242,10 @@ def test_a_kernel_on_the_border_of_its_support_is_reported():
     small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9, iters=2)
     assert any("kernel size may be too small" in w for w in res.history["warnings"])
     assert small.history["warnings"] == []
+
+
+def test_deblur_defaults_to_em_on_the_valid_domain():
+    y = blur(_blocks(48, 40), _motion_kernel(7), "valid")
+    res = deblur(y, GaussianPrior(), kernel_size=7)
+    direct = marginal_em(y, GaussianPrior(), 7, init="large")
+    assert res.image.shape == (1, 1, 48, 40) and torch.equal(res.kernel, direct.kernel)
