@@ -215,7 +215,8 @@ def marginal_em(
     (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
     and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
     ``seconds``), every level's final kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size
-    may be too small" when more than 1 % of the kernel's mass lies on the border of its support).
+    may be too small" when more than 5 % of the kernel's mass lies on the border of its support: on the 64 Levin
+    estimates, whose true kernels all fit, the border held at most 4.1 %).
 
     Example::
 
@@ -292,7 +293,7 @@ def marginal_em(
         [
             f"kernel size may be too small: the estimate has {float(ring.sum()):.1%} of its mass on the border of its {k}×{k} support"
         ]
-        if float(ring.sum()) > 0.01
+        if float(ring.sum()) > 0.05
         else []
     )
     return DeblurResult(image=x, kernel=h, theta=h.flatten(1), history=hist)
