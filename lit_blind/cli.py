@@ -9,6 +9,14 @@ import sys
 from pathlib import Path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+COMMANDS = (
+    ("deblur", "blind deblurring of one photo (default: coarse-to-fine EM with a diffusion prior)"),
+    ("demo", "the main job on embedded data: EM and Algorithm 1 deblurring, Theorem 1 in closed form"),
+    ("fit", "LightningCLI: train a score prior or run BlindDeconvModule (--config configs/fit/...)"),
+    ("validate", "LightningCLI: validate a model (--config ...)"),
+    ("test", "LightningCLI: run an experiment or benchmark probe (--config configs/experiments|benchmarks/...)"),
+    ("predict", "LightningCLI: predict with a model (--config ...)"),
+)
 
 
 def _demo(argv: list[str]) -> int:
@@ -57,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
 
         run_lightning_cli(None if from_shell else argv)  # None: LightningCLI reads sys.argv itself, no warning
         return 0
-    print(
-        "usage: lit-blind {demo|deblur|fit|validate|test|predict} [options]  (lit-blind deblur --help)",
-        file=sys.stderr,
-    )
-    return 2
+    asked = bool(argv) and argv[0] in ("-h", "--help")
+    lines = ["usage: lit-blind COMMAND [options]   (lit-blind COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:9s} {text}" for name, text in COMMANDS]
+    if argv and not asked:
+        lines.insert(0, f"lit-blind: error: unknown command {argv[0]!r}")
+    print("\n".join(lines), file=sys.stdout if asked else sys.stderr)
+    return 0 if asked else 2
 
 
 if __name__ == "__main__":

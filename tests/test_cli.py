@@ -1,0 +1,11 @@
+"""The command line entry point (lit_blind.cli)."""
+
+
+def test_lit_blind_lists_its_commands(capsys):
+    from lit_blind.cli import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("deblur", "demo", "fit", "validate", "test", "predict"))
+    assert main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert main([]) == 2 and "commands:" in capsys.readouterr().err
