@@ -10,13 +10,22 @@ Example::
     print(-prior.log_prob(y, 0.01) <= -prior.log_prob(x, 0.01))   # Theorem 1: blurry is more likely
 """
 
-from lit_blind import io
-from lit_blind.api import deblur
-from lit_blind.kernels import family
-from lit_blind.likelihood import potential
-from lit_blind.loading import load_prior
-from lit_blind.physics import add_noise, blur, pinv, prox_data
-from lit_blind.priors import GaussianMixturePrior, GaussianPrior, Prior
+import importlib
+
+# the public names, imported on first use (PEP 562) so that ``lit-blind --help`` does not pay for torch
+_EXPORTS = {
+    "GaussianMixturePrior": "lit_blind.priors",
+    "GaussianPrior": "lit_blind.priors",
+    "Prior": "lit_blind.priors",
+    "add_noise": "lit_blind.physics",
+    "blur": "lit_blind.physics",
+    "deblur": "lit_blind.api",
+    "family": "lit_blind.kernels",
+    "load_prior": "lit_blind.loading",
+    "pinv": "lit_blind.physics",
+    "potential": "lit_blind.likelihood",
+    "prox_data": "lit_blind.physics",
+}
 
 __all__ = [
     "GaussianMixturePrior",
@@ -32,3 +41,15 @@ __all__ = [
     "potential",
     "prox_data",
 ]
+
+
+def __getattr__(name: str):
+    if name == "io":
+        return importlib.import_module("lit_blind.io")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lit_blind' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

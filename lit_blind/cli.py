@@ -20,15 +20,6 @@ COMMANDS = (
 
 
 def _demo(argv: list[str]) -> int:
-    from lit_blind.demo import (
-        print_deblur_summary,
-        print_em_summary,
-        print_summary,
-        run_deblur_demo,
-        run_demo,
-        run_em_demo,
-    )
-
     ap = argparse.ArgumentParser(prog="lit-blind demo", description="Blind deblurring and Theorem 1 on embedded images")
     ap.add_argument("--out", default="outputs/demo", help="output directory")
     ap.add_argument("--size", type=int, default=128, help="image size of the Theorem-1 part (pixels)")
@@ -38,6 +29,15 @@ def _demo(argv: list[str]) -> int:
     ap.add_argument("--inner", type=int, default=100, help="image steps K_x of the deblurring part")
     ap.add_argument("--skip-deblur", action="store_true", help="only the Theorem-1 part")
     args = ap.parse_args(argv)
+    from lit_blind.demo import (
+        print_deblur_summary,
+        print_em_summary,
+        print_summary,
+        run_deblur_demo,
+        run_demo,
+        run_em_demo,
+    )
+
     if not args.skip_deblur:
         print_em_summary(run_em_demo(Path(args.out) / "deblur", args.prior, size=args.em_size))
         print_deblur_summary(run_deblur_demo(Path(args.out) / "deblur", args.prior, K=args.iterations, K_x=args.inner))

@@ -58,13 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def deblur_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)  # before the heavy imports: --help answers at once
     import torch
     from tqdm import tqdm
 
     from lit_blind.io import read_image, write_image
     from lit_blind.loading import load_prior
 
-    args = _parser().parse_args(argv)
     prior = load_prior(args.prior)
     # EM keeps an RGB photo in colour with a gray prior (kernel on the luminance); Algorithms 1–2 convert
     y = read_image(args.image, channels=None if args.algorithm == "em" else prior.channels)
