@@ -99,7 +99,7 @@ def deblur_main(argv: list[str]) -> int:
 
 def _deblur_em(args, y, prior, tqdm):
     """``--algorithm em``: :func:`~lit_blind.marginal.marginal_em` (its own schedule)."""
-    from lit_blind.marginal import marginal_em, pyramid
+    from lit_blind.marginal import marginal_em
 
     given = [flag for flag, *_ in MAP_OPTIONS if getattr(args, flag[2:].replace("-", "_")) is not None]
     if given:
@@ -108,14 +108,14 @@ def _deblur_em(args, y, prior, tqdm):
         raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
-    bar = tqdm(total=4 * len(pyramid(args.kernel_size)), desc="deblur (em)", unit="it")
-    res = marginal_em(
-        y,
-        prior,
-        args.kernel_size,
-        init=args.init,
-        callback=lambda s: bar.update(1) or bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}"),
-    )
+    bar = tqdm(desc="deblur (em)", unit="it")
+
+    def progress(s: dict) -> None:
+        bar.total = s["total"]
+        bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}", refresh=False)
+        bar.update(1)
+
+    res = marginal_em(y, prior, args.kernel_size, init=args.init, callback=progress)
     bar.close()
     return res
 

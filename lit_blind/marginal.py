@@ -39,13 +39,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from deepinv.optim.linear import conjugate_gradient
-from deepinv.physics.functional import conv2d_fft, conv_transpose2d_fft
 from scipy import ndimage
 from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
-from lit_blind.deconv import DeblurResult
+from lit_blind.deconv import DeblurResult, _padded
+from lit_blind.physics import prox_data
 from lit_blind.priors import Prior
 
 
@@ -148,25 +147,18 @@ def gradient_covariance_trace(h: Tensor, shape: tuple[int, int], sigma: float, r
     return float((d2 * sigma**2 / (hf.abs() ** 2 / rho + 1)).sum())
 
 
-def _hqs_prox(z: Tensor, y: Tensor, h: Tensor, rho: float, iters: int = 30) -> Tensor:
-    """argmin_x ‖valid(h ⋆ x) − y‖² + ρ‖x − z‖² by CG from z."""
-    rhs = conv_transpose2d_fft(y, h, padding="valid") + rho * z
-
-    def normal(u: Tensor) -> Tensor:
-        return conv_transpose2d_fft(conv2d_fft(u, h, padding="valid"), h, padding="valid") + rho * u
-
-    return conjugate_gradient(normal, rhs, max_iter=iters, tol=1e-6, init=z)
+def _hqs_prox(z: Tensor, y: Tensor, h: Tensor, rho: float) -> Tensor:
+    """argmin_x ‖valid(h ⋆ x) − y‖² + ρ‖x − z‖²: :func:`~lit_blind.physics.prox_data` with γ = 1/ρ (CG from z,
+    30 iterations at most)."""
+    return prox_data(z, y, h, 1 / rho, "valid", max_iter=30, tol=1e-6)
 
 
 def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
-    """D(x, σ) in the prior's dtype, reflect-padded to the prior's size multiple, returned in x's dtype."""
+    """D(x, σ) in the prior's dtype (padded to its size multiple by :func:`~lit_blind.deconv._padded`), returned in
+    x's dtype; a non-finite output is an error naming the step."""
     p = next(prior.parameters(), None)
-    xd = x.to(p.dtype) if p is not None else x
-    m = getattr(prior, "multiple", 1)
-    ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
-    xp = F.pad(xd, (0, pw, 0, ph), mode="reflect") if ph or pw else xd
     with torch.no_grad():
-        z = prior.denoise(xp, sigma)[..., : x.shape[-2], : x.shape[-1]].to(x.dtype)
+        z = _padded(prior.denoise, prior, x.to(p.dtype) if p is not None else x, sigma).to(x.dtype)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"image step: the prior's denoiser returned non-finite values at sigma={sigma:.4g}")
     return z
@@ -216,7 +208,9 @@ def marginal_em(
     and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
     ``seconds``), every level's final kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size
     may be too small" when more than 5 % of the kernel's mass lies on the border of its support: on the 64 Levin
-    estimates, whose true kernels all fit, the border held at most 4.1 %).
+    estimates, whose true kernels all fit, the border held at most 4.1 %). ``callback`` gets a dict per outer
+    iteration: ``level``, ``iteration``, ``total`` (outer iterations in all), ``sigma``, ``x``, ``kernel``,
+    ``score_evals``.
 
     Example::
 
@@ -277,14 +271,14 @@ def marginal_em(
                 hist[key].append(v)
             hist["seconds"].append(time.perf_counter() - t0)
             if callback is not None:
-                callback({"level": li, "iteration": t, "sigma": sig, "x": x, "kernel": h, "score_evals": evals})
+                callback(dict(level=li, iteration=t, total=len(sigmas), sigma=sig, x=x, kernel=h, score_evals=evals))
         hist["scales"].append((k, h.cpu()))
     if rgb:  # each channel deconvolved under the final kernel with the gray prior, same σ schedule as the last level
         x = F.pad(y_rgb, (h.shape[-1] // 2,) * 4, mode="replicate").transpose(0, 1)
-        yc, hc = y_rgb.transpose(0, 1), h.expand(3, 1, -1, -1)
+        yc = y_rgb.transpose(0, 1)  # channels as a batch; prox_data broadcasts the one kernel
         for sig in sigmas[-int(iters) :]:
             for _ in range(int(inner)):
-                x = _denoise(prior, _hqs_prox(x, yc, hc, rho), float(sig))
+                x = _denoise(prior, _hqs_prox(x, yc, h, rho), float(sig))
                 evals += 1
         x = x.transpose(0, 1)
         hist["score_evals"][-1] = evals
