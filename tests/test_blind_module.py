@@ -110,30 +110,20 @@ def test_drs_real_config_smoke(tmp_path, shared_data, monkeypatch):
     assert len(summary["problems"]) == 2 and (out / "images").is_dir()
 
 
+def _levin_args(config: str, out: Path, **probe: str) -> list[str]:
+    """``lit-blind test`` on Levin image 1 with kernel 3: the base config, ``config`` on top, the probe options."""
+    args = ["test", "--config", str(ROOT / "configs/benchmarks/levin09.yaml")]
+    args += ["--config", str(ROOT / "configs/benchmarks" / config), "--trainer.logger", "false"]
+    args += ["--trainer.enable_progress_bar", "false", "--model.init_args.output_dir", str(out)]
+    for name, value in probe.items():
+        args += [f"--model.init_args.probe.init_args.{name}", value]
+    return args + ["--data.init_args.images", "[1]", "--data.init_args.kernels", "[3]"]
+
+
 def test_levin_benchmark_config_smoke(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "lev"
-    args = [
-        "test",
-        "--config",
-        str(ROOT / "configs/benchmarks/levin09.yaml"),
-        "--config",
-        str(ROOT / "configs/benchmarks/levin09_ffdnet.yaml"),
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--model.init_args.output_dir",
-        str(out),
-        "--model.init_args.probe.init_args.K",
-        "2",
-        "--model.init_args.probe.init_args.K_x",
-        "2",
-        "--data.init_args.images",
-        "[1]",
-        "--data.init_args.kernels",
-        "[3]",
-    ]
+    args = _levin_args("levin09_ffdnet.yaml", out, K="2", K_x="2")
     run_lightning_cli(args)
     summary = json.loads((out / "summary.json").read_text())
     for init in ("large", "small"):
@@ -181,29 +171,7 @@ def test_levin_em_config_smoke(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "lev_em"
     run_lightning_cli(
-        [
-            "test",
-            "--config",
-            str(ROOT / "configs/benchmarks/levin09.yaml"),
-            "--config",
-            str(ROOT / "configs/benchmarks/levin09_em.yaml"),
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--model.init_args.output_dir",
-            str(out),
-            "--model.init_args.probe.init_args.inits",
-            "[small]",
-            "--model.init_args.probe.init_args.kernel_size",
-            "15",
-            "--model.init_args.probe.init_args.em_options",
-            "{iters: 1, inner: 1}",
-            "--data.init_args.images",
-            "[1]",
-            "--data.init_args.kernels",
-            "[3]",
-        ]
+        _levin_args("levin09_em.yaml", out, inits="[small]", kernel_size="15", em_options="{iters: 1, inner: 1}")
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["small"]["images"] == 1 and summary["small"]["mean_error_ratio"] > 0
