@@ -1,11 +1,27 @@
-"""Command line: ``lit-blind demo`` (the main job on embedded data), ``lit-blind deblur IMAGE`` (a user's
-photo) and, for experiments,
-``lit-blind fit|validate|test|predict`` through LightningCLI (see configs/)."""
+"""The command line: ``lit-blind deblur IMAGE`` (a user's photo), ``lit-blind demo`` (the main job on embedded
+data) and, for experiments, ``lit-blind fit|validate|test|predict`` through LightningCLI (``configs/``).
+
+* User errors — a ``ValueError`` from the library's checks, an unreadable file, a bad path — end as one line
+  ``lit-blind: error: <message>`` and exit status 2; ``--debug`` (anywhere on the line) or
+  ``LIT_BLIND_DEBUG=1`` shows the traceback instead. Other exceptions are bugs and keep their traceback.
+* ``deblur`` creates and checks ``--out`` before any computation, writes every file under a temporary name
+  and renames it, ``result.json`` last: a folder without ``result.json`` is incomplete. Ctrl-C / SIGTERM
+  write the current estimate with ``"interrupted": true`` and exit 130 / 143.
+* ``test`` / ``fit`` cut short by SIGTERM exit 143 (Lightning stops after the current batch; finished rows
+  stay in ``results.jsonl`` and a rerun resumes), by Ctrl-C with Lightning's status 1.
+* torch, Lightning and diffusers are imported by the command that needs them, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import signal
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -17,61 +33,547 @@ COMMANDS = (
     ("test", "LightningCLI: run an experiment or benchmark probe (--config configs/experiments|benchmarks/...)"),
     ("predict", "LightningCLI: predict with a model (--config ...)"),
 )
+SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
+
+# flag, type, default, help of the options that only Algorithms 1-2 read (None on the parser: an explicit value
+# with --algorithm em is an error, not silently ignored)
+MAP_OPTIONS = [
+    ("--sigma-y", float, 0.01, f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force"),
+    ("--iterations", int, 40, "outer iterations K"),
+    ("--inner", int, 10, "image steps per outer iteration K_x"),
+    ("--reset", int, 100, "reset x to y every R iterations"),
+    ("--gamma-x", float, "0.1 alternating, 1.0 drs", "image step γ_x"),
+    ("--gamma-theta", str, "armijo", "θ step: a number (the paper: 0.001) or 'armijo'"),
+    ("--theta-steps", int, 5, "θ steps per outer iteration"),
+    ("--theta-start", int, 0, "outer iterations before the first kernel step"),
+    ("--scales", int, 1, "coarse-to-fine scales (simplex family), 1 = off"),
+]
+# parameter names of the library's messages -> the flags a user typed
+FLAGS = {
+    "kernel_size": "--kernel-size",
+    "sigma_y": "--sigma-y",
+    "K": "--iterations",
+    "K_x": "--inner",
+    "R": "--reset",
+    "gamma_x": "--gamma-x",
+    "gamma_theta": "--gamma-theta",
+    "theta_steps": "--theta-steps",
+    "theta_start": "--theta-start",
+    "scales": "--scales",
+    "family": "--family",
+    "init": "--init",
+    "boundary": "--boundary",
+    "spec": "--prior",
+    "kind": "--prior-kind",
+    "path": "IMAGE",
+}
 
 
-def _demo(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="lit-blind demo", description="Blind deblurring and Theorem 1 on embedded images")
-    ap.add_argument("--out", default="outputs/demo", help="output directory")
-    ap.add_argument("--size", type=int, default=128, help="image size of the Theorem-1 part (pixels)")
-    ap.add_argument("--prior", default="natural-gray-small", help="prior of the deblurring part (load_prior spec)")
-    ap.add_argument("--em-size", type=int, default=256, help="image size of the default (EM) deblurring part")
-    ap.add_argument("--iterations", type=int, default=20, help="outer iterations K of the deblurring part")
-    ap.add_argument("--inner", type=int, default=100, help="image steps K_x of the deblurring part")
-    ap.add_argument("--skip-deblur", action="store_true", help="only the Theorem-1 part")
-    args = ap.parse_args(argv)
-    from lit_blind.demo import (
-        print_deblur_summary,
-        print_em_summary,
-        print_summary,
-        run_deblur_demo,
-        run_demo,
-        run_em_demo,
-    )
+class Interrupted(Exception):
+    """SIGTERM (or SIGINT) during ``deblur``, raised from the signal handler so the partial result is kept."""
 
-    if not args.skip_deblur:
-        print_em_summary(run_em_demo(Path(args.out) / "deblur", args.prior, size=args.em_size))
-        print_deblur_summary(run_deblur_demo(Path(args.out) / "deblur", args.prior, K=args.iterations, K_x=args.inner))
-    summary = run_demo(Path(args.out) / "theorem1", size=args.size)
-    print_summary(summary)
-    print(f"outputs in {args.out}")
-    return 0
-
-
-def _deblur(argv: list[str]) -> int:
-    from lit_blind.deblur_cli import deblur_main
-
-    return deblur_main(argv)
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lit-blind`` with ``argv`` (None: the command line); returns the exit status."""
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
-        return _demo(argv[1:])
-    if argv and argv[0] == "deblur":
-        return _deblur(argv[1:])
-    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        from lit_blind.lightning_cli import run_lightning_cli
+    debug = "--debug" in argv or os.environ.get("LIT_BLIND_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if from_shell:
+        sys.argv = [sys.argv[0], *argv]  # LightningCLI reads sys.argv itself (no warning about both)
+    try:
+        if argv and argv[0] == "demo":
+            return demo_main(argv[1:])
+        if argv and argv[0] == "deblur":
+            return deblur_main(argv[1:])
+        if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+            return lightning_main(None if from_shell else argv)
+    except (ValueError, OSError) as err:
+        if debug:
+            raise
+        message = _flagged(str(err)) if argv[0] == "deblur" else str(err)
+        print(f"lit-blind: error: {message}", file=sys.stderr)
+        return 2
+    return _usage(argv)
 
-        run_lightning_cli(None if from_shell else argv)  # None: LightningCLI reads sys.argv itself, no warning
-        return 0
+
+def _usage(argv: list[str]) -> int:
     asked = bool(argv) and argv[0] in ("-h", "--help")
     lines = ["usage: lit-blind COMMAND [options]   (lit-blind COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:9s} {text}" for name, text in COMMANDS]
+    lines += ["", "--debug (or LIT_BLIND_DEBUG=1): a traceback instead of the one-line error message"]
     if argv and not asked:
         lines.insert(0, f"lit-blind: error: unknown command {argv[0]!r}")
     print("\n".join(lines), file=sys.stdout if asked else sys.stderr)
     return 0 if asked else 2
+
+
+def _flagged(message: str) -> str:
+    """The message with a leading library parameter name replaced by its flag (``kernel_size`` → ``--kernel-size``)."""
+    name, _, rest = message.partition(" ")
+    return f"{FLAGS[name]} {rest}" if name in FLAGS and rest else message
+
+
+# ---------------------------------------------------------------------------------------------------- deblur
+
+
+def deblur_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="lit-blind deblur",
+        description="Blind deconvolution of one image: the sharp image and its blur kernel. Writes deblurred.png "
+        "(cropped to the input size), kernel.png (scaled to its maximum), kernel.npy (true-convolution kernel, "
+        "sum 1), comparison.png and, last, result.json; a folder without result.json is incomplete.",
+    )
+    ap.add_argument("image", help="blurry image (PNG/JPEG/TIFF 8 or 16 bit, NPY, MAT), gray or RGB, in [0, 1]")
+    ap.add_argument(
+        "--prior",
+        default="natural-gray-small",
+        help="load_prior spec: natural-gray-small, mnist-small, gaussian, a diffusers folder or a .pth "
+        "(default: %(default)s)",
+    )
+    ap.add_argument(
+        "--prior-kind", default=None, help="kind of a .pth state dict: edm-ncsnpp or edm-adm (default: by its keys)"
+    )
+    ap.add_argument("--kernel-size", type=int, default=31, help="odd side of the kernel support (default: %(default)s)")
+    ap.add_argument("--out", default="outputs/deblur", help="output folder, created first (default: %(default)s)")
+    ap.add_argument(
+        "--family", default="simplex", help="kernel family: simplex (free form) or a 1-D family (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--init",
+        default="large",
+        choices=["large", "small"],
+        help="kernel initialisation: uniform over the support / small box (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--algorithm",
+        default="em",
+        choices=["em", "alternating", "drs"],
+        help="em: coarse-to-fine EM with the prior's denoiser (lit_blind.marginal, valid boundary, its own "
+        "schedule); alternating / drs: the paper's Algorithms 1 / 2 with the options below (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--boundary",
+        default="valid",
+        choices=["valid", "circular"],
+        help="valid: a real photo (y is smaller than x); circular: a synthetic periodic blur (default: %(default)s)",
+    )
+    ap.add_argument("--force", action="store_true", help=f"accept --sigma-y outside (0, {SIGMA_Y_MAX}]")
+    map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
+    for flag, typ, default, text in MAP_OPTIONS:
+        map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default: {default})")
+    return ap
+
+
+def deblur_main(argv: list[str]) -> int:
+    args = deblur_parser().parse_args(argv)  # before the heavy imports: --help answers at once
+    if args.kernel_size < 3 or args.kernel_size % 2 == 0:
+        raise ValueError(f"--kernel-size must be an odd integer >= 3, got {args.kernel_size}")
+    if args.algorithm == "em":
+        given = [flag for flag, *_ in MAP_OPTIONS if getattr(args, _dest(flag)) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
+    else:
+        for flag, _, default, _ in MAP_OPTIONS:
+            if getattr(args, _dest(flag)) is None and flag != "--gamma-x":
+                setattr(args, _dest(flag), default)
+        if not (0 < args.sigma_y <= SIGMA_Y_MAX or (args.force and args.sigma_y > 0)):
+            raise ValueError(
+                f"--sigma-y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1] (--force accepts more), "
+                f"got {args.sigma_y}"
+            )
+    out = _prepare_out(Path(args.out))
+    import warnings
+
+    import torch
+
+    from lit_blind.io import read_image
+    from lit_blind.metrics import noise_level
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y_file = read_image(args.image)
+    for w in caught:
+        print(f"lit-blind: warning: {w.message}", file=sys.stderr)
+    if args.kernel_size > min(y_file.shape[-2:]):
+        raise ValueError(f"--kernel-size {args.kernel_size} must not exceed the image size {tuple(y_file.shape[-2:])}")
+    sigma_hat = noise_level(y_file)
+    print(f"noise level estimated from the image (MAD): {sigma_hat:.4f}", end="")
+    if args.algorithm != "em":
+        print(f"; --sigma-y {args.sigma_y}", flush=True)
+        if not 1 / 3 <= args.sigma_y / max(sigma_hat, 1e-12) <= 3:
+            print(
+                f"lit-blind: warning: --sigma-y {args.sigma_y} and the estimate {sigma_hat:.4f} differ by more "
+                "than a factor 3",
+                file=sys.stderr,
+            )
+    else:
+        print(flush=True)
+
+    from lit_blind.loading import load_prior
+
+    prior = load_prior(args.prior, **({"kind": args.prior_kind} if args.prior_kind else {}))
+    # EM keeps an RGB photo in colour with a gray prior (kernel on the luminance); Algorithms 1–2 convert
+    y = y_file if args.algorithm == "em" else read_image(args.image, channels=prior.channels)
+    state: dict = {}
+    t0 = time.perf_counter()
+    try:
+        with _signals_raise():
+            res = _deblur_em(args, y, prior, state) if args.algorithm == "em" else _deblur_map(args, y, prior, state)
+    except (KeyboardInterrupt, Interrupted) as err:
+        code = err.exit_code if isinstance(err, Interrupted) else 130
+        summary = _summary(args, sigma_hat, t0, interrupted=True)
+        if state:
+            summary.update(level=state.get("level"), iteration=state["iteration"], score_evals=state["score_evals"])
+            _write_outputs(out, y, state["x"].detach(), state["kernel"].detach(), summary, torch)
+        else:
+            _atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+        print(f"\nlit-blind: interrupted; the estimate so far is in {out} (result.json: interrupted)", file=sys.stderr)
+        return code
+    summary = _summary(args, sigma_hat, t0, interrupted=False)
+    summary["data_fidelity"] = res.history["data_fidelity"][-1]
+    summary["score_evals"] = res.history["score_evals"][-1]
+    summary["warnings"] = res.history.get("warnings", [])
+    for warning in summary["warnings"]:
+        print(f"lit-blind: warning: {warning}", file=sys.stderr)
+    _write_outputs(out, y, res.image, res.kernel, summary, torch)
+    print(
+        f"wrote {out}/deblurred.png, kernel.png, kernel.npy, comparison.png, result.json ({summary['seconds']:.1f} s)"
+    )
+    return 0
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def _prepare_out(out: Path) -> Path:
+    """Create ``out``, prove it writable and drop a previous ``result.json`` (it would vouch for the new files)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        (out / "result.json").unlink(missing_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out must be a writable folder, got {str(out)!r}: {err.strerror or err}") from err
+    return out
+
+
+@contextmanager
+def _signals_raise():
+    """SIGTERM raises :class:`Interrupted` while the block runs (SIGINT already raises KeyboardInterrupt)."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _summary(args, sigma_hat: float, t0: float, interrupted: bool) -> dict:
+    return {
+        "image": str(args.image),
+        "prior": args.prior,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("image", "out")},
+        "noise_level_estimate": sigma_hat,
+        "seconds": time.perf_counter() - t0,
+        "interrupted": interrupted,
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` to a hidden temporary file of the same suffix beside ``path``, then rename onto ``path``."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_outputs(out: Path, y, x, kernel, summary: dict, torch) -> None:
+    """Every file atomically, ``result.json`` last. With the valid boundary x is larger than y by the kernel's
+    support and is cropped to it; an EM run interrupted at a coarse level is written at that level's size."""
+    import numpy as np
+
+    from lit_blind.io import write_image
+
+    if summary["settings"]["boundary"] == "valid":
+        c = kernel.shape[-1] // 2
+        x = x[..., c : x.shape[-2] - c, c : x.shape[-1] - c]
+    k = kernel[0, 0].double().cpu().numpy()
+    _atomic_write(out / "deblurred.png", lambda p: write_image(p, x.float()))
+    _atomic_write(out / "kernel.npy", lambda p: np.save(p, k))
+    _atomic_write(out / "kernel.png", lambda p: write_image(p, torch.from_numpy(k / k.max())[None]))
+    _atomic_write(out / "comparison.png", lambda p: _comparison(p, y, x, k))
+    summary["image_size"] = list(x.shape[-2:])
+    _atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+def _deblur_em(args, y, prior, state: dict):
+    """``--algorithm em``: :func:`~lit_blind.marginal.marginal_em` (its own schedule)."""
+    from tqdm import tqdm
+
+    from lit_blind.marginal import marginal_em
+
+    if args.boundary != "valid":
+        raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
+    if args.family != "simplex":
+        raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
+    with tqdm(desc="deblur (em)", unit="it") as bar:
+
+        def progress(s: dict) -> None:
+            state.update(s)
+            bar.total = s["total"]
+            bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}", f=f"{s['data_fidelity']:.3g}", refresh=False)
+            bar.update(1)
+
+        return marginal_em(y, prior, args.kernel_size, init=args.init, callback=progress)
+
+
+def _deblur_map(args, y, prior, state: dict):
+    """``--algorithm alternating|drs``: Algorithm 1 / 2 through :func:`~lit_blind.api.deblur`."""
+    from tqdm import tqdm
+
+    from lit_blind.api import deblur
+
+    gamma_theta = args.gamma_theta if args.gamma_theta == "armijo" else float(args.gamma_theta)
+    with tqdm(total=args.iterations * args.scales, desc=f"deblur ({args.algorithm})", unit="it") as bar:
+
+        def progress(s: dict) -> None:
+            state.update(s)
+            bar.set_postfix(f=f"{s['data_fidelity']:.3g}", refresh=False)
+            bar.update(1)
+
+        return deblur(
+            y,
+            prior,
+            family=args.family,
+            kernel_size=args.kernel_size,
+            init=args.init,
+            sigma_y=args.sigma_y,
+            algorithm=args.algorithm,
+            boundary=args.boundary,
+            K=args.iterations,
+            K_x=args.inner,
+            R=args.reset,
+            gamma_x=args.gamma_x if args.gamma_x is not None else (0.1 if args.algorithm == "alternating" else 1.0),
+            gamma_theta=gamma_theta,
+            theta_steps=args.theta_steps,
+            theta_start=args.theta_start,
+            scales=args.scales,
+            callback=progress,
+        )
+
+
+def _comparison(path: Path, y, x, k) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def show(ax, img, title):
+        a = img[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+        ax.imshow(a[..., 0] if a.shape[-1] == 1 else a, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title)
+        ax.axis("off")
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1, 0.6]})
+    show(axes[0], y, "blurry")
+    show(axes[1], x, "deblurred")
+    axes[2].imshow(k, cmap="gray")
+    axes[2].set_title("kernel")
+    axes[2].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format=path.suffix[1:])
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ demo
+
+
+def demo_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="lit-blind demo", description="Blind deblurring and Theorem 1 on embedded images")
+    ap.add_argument("--out", default="outputs/demo", help="output directory (default: %(default)s)")
+    ap.add_argument("--size", type=int, default=128, help="image size of the Theorem-1 part (default: %(default)s)")
+    ap.add_argument(
+        "--prior",
+        default="natural-gray-small",
+        help="prior of the deblurring parts, a load_prior spec (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--em-size", type=int, default=256, help="image size of the default (EM) deblurring part (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--iterations", type=int, default=20, help="outer iterations K of the Algorithm-1 part (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--inner", type=int, default=100, help="image steps K_x of the Algorithm-1 part (default: %(default)s)"
+    )
+    ap.add_argument("--skip-deblur", action="store_true", help="only the Theorem-1 part")
+    args = ap.parse_args(argv)
+    from lit_blind.demo import run_deblur_demo, run_demo, run_em_demo
+
+    if not args.skip_deblur:
+        _print_em_summary(run_em_demo(Path(args.out) / "deblur", args.prior, size=args.em_size))
+        summary = run_deblur_demo(Path(args.out) / "deblur", args.prior, K=args.iterations, K_x=args.inner)
+        _print_deblur_summary(summary)
+    _print_theorem1_summary(run_demo(Path(args.out) / "theorem1", size=args.size))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def _print_em_summary(s: dict) -> None:
+    print(f"Default blind method (EM), {s['image']}, prior {s['prior']}")
+    print(
+        f"PSNR {s['blurry_psnr']:.2f} dB blurry -> {s['psnr']:.2f} dB deblurred ({s['psnr'] - s['blurry_psnr']:+.2f} dB), "
+        f"kernel error {s['kernel_error']:.3f}, {s['score_evals']} denoiser evaluations, {s['seconds']:.1f} s"
+    )
+
+
+def _print_deblur_summary(s: dict) -> None:
+    print(f"Blind deblurring, {s['image']}, motion blur, sigma_y=0.01, prior {s['prior']}, K={s['K']}, K_x={s['K_x']}")
+    print(f"blurry PSNR {s['blurry_psnr']:.2f} dB")
+    print(f"{'init':6s} {'kernel error':>12s} {'PSNR':>7s} {'dist. to no-blur':>16s} {'seconds':>8s}")
+    for init in ("large", "small"):
+        r = s[init]
+        print(
+            f"{init:6s} {r['kernel_error']:12.3f} {r['psnr']:7.2f} {r['kernel_error_vs_dirac']:16.3f} {r['seconds']:8.1f}"
+        )
+
+
+def _print_theorem1_summary(summary: dict) -> None:
+    print(f"Theorem 1 on {summary['image']}, GaussianPrior, sigma_eps={summary['sigma_eps']}")
+    print(
+        f"{'family':10s} {'decreasing':>10s} {'q(x)-q(h5*x)':>14s} {'max|ODE-exact|':>15s} {'max|Δ ODE-Δ exact|':>19s}"
+    )
+    for name, s in summary["families"].items():
+        print(
+            f"{name:10s} {str(s['strictly_decreasing']):>10s} {s['decrease_q0_minus_q5']:14.1f} "
+            f"{s['max_abs_ode_error']:15.2f} {s['max_abs_ode_error_of_differences']:19.2f}"
+        )
+    o = summary["ode"]
+    print(f"ODE: {o['solver']} rtol={o['rtol']}, mean NFE {o['mean_nfe']:.0f}, {o['seconds']:.1f} s for 44 images")
+
+
+# ------------------------------------------------------------------------------------------------- Lightning
+
+
+def lightning_main(args: list[str] | None) -> int:
+    """``lit-blind fit|validate|test|predict``: LightningCLI; 143 when SIGTERM cut the run short."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        run_lightning_cli(args)
+    except SIGTERMException:  # a SystemExit without a status: Lightning's own exit would read as success
+        print("lit-blind: terminated (SIGTERM); finished rows are kept, the same command resumes", file=sys.stderr)
+        return 143
+    return 0
+
+
+def run_lightning_cli(args: list[str] | None):
+    """LightningCLI on ``args`` (``None``: the command line); returns the ``LightningCLI``.
+
+    The module's ``output_dir``, when it has one, is the one place a run writes to: the trainer's
+    ``default_root_dir``, a TensorBoard/CSV logger's ``save_dir`` and the ``dirpath`` of a ``ModelCheckpoint``
+    that names none (``output_dir/checkpoints``) follow it, so ``--model.init_args.output_dir`` moves everything. A
+    ``PriorEvaluationModule`` under ``test`` runs without Lightning's ``DistributedSampler``: the module deals
+    out the images still to do itself, which keeps every process busy in a resumed run.
+    """
+    import importlib
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    class SaveConfigToOutputDir(SaveConfigCallback):
+        """``config.yaml`` (as run) into the module's ``output_dir``, else the logger's folder, else nowhere."""
+
+        def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            out = getattr(pl_module, "output_dir", None)
+            if out is None and trainer.logger is not None:
+                out = trainer.logger.log_dir
+            if out is not None and trainer.is_global_zero:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, Path(out) / self.config_filename, skip_none=False, overwrite=True)
+
+    class LitBlindCLI(LightningCLI):
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except ValueError as err:
+                raise _config_error(err, self.config[self.subcommand]) from err
+
+        def before_instantiate_classes(self) -> None:
+            from lit_blind.modules import PriorEvaluationModule
+
+            config = self.config[self.subcommand]
+            _follow_output_dir(config)
+            module, _, name = str(config.model.class_path).rpartition(".")
+            if self.subcommand == "test" and module:
+                if issubclass(getattr(importlib.import_module(module), name), PriorEvaluationModule):
+                    config.trainer.use_distributed_sampler = False
+
+    return LitBlindCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=SaveConfigToOutputDir,
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+        args=args,
+    )
+
+
+def _config_error(err: ValueError, config) -> ValueError:
+    """The class's own ``ValueError`` under jsonargparse's "Does not validate against any of the Union
+    subtypes" wrapper, its leading parameter name spelled as the flag that sets it
+    (``root must ...`` → ``--data.init_args.root must ...``)."""
+    inner = err
+    while isinstance(inner.__cause__ or inner.__context__, ValueError):
+        inner = inner.__cause__ or inner.__context__
+    message = str(inner)
+    name, _, rest = message.partition(" ")
+    match = re.search(r"class_path='([\w.]+)'", str(err))
+    owners = [key for key, node in _class_nodes(config, "") if name in (node.get("init_args") or {})]
+    exact = [key for key, node in _class_nodes(config, "") if match and node.class_path == match.group(1)]
+    owners = [key for key in owners if key in exact] or owners
+    return ValueError(f"--{owners[0]}.init_args.{name} {rest}" if len(owners) == 1 else message)
+
+
+def _class_nodes(node, prefix: str):
+    """(dotted key, namespace) of every ``class_path`` entry in a jsonargparse config, depth first."""
+    from jsonargparse import Namespace
+
+    for key, value in vars(node).items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Namespace):
+            if "class_path" in value:
+                yield dotted, value
+                if isinstance(value.get("init_args"), Namespace):
+                    yield from _class_nodes(value.init_args, f"{dotted}.init_args.")
+            else:
+                yield from _class_nodes(value, f"{dotted}.")
+
+
+def _follow_output_dir(config) -> None:
+    """Point the trainer's root, its logger and its checkpoints at the model's ``output_dir`` (see above)."""
+    out = (config.model.get("init_args") or {}).get("output_dir")
+    if out is None:
+        return
+    config.trainer.default_root_dir = str(out)
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+    for logger in loggers:
+        if hasattr(logger, "class_path") and logger.class_path.rpartition(".")[2] in ("TensorBoardLogger", "CSVLogger"):
+            logger.init_args.save_dir = str(out)
+    for callback in config.trainer.callbacks or []:
+        if hasattr(callback, "class_path") and callback.class_path.endswith("ModelCheckpoint"):
+            if callback.init_args.get("dirpath") is None:  # an explicit dirpath wins
+                callback.init_args.dirpath = str(Path(out) / "checkpoints")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_blind.io import IMAGE_SUFFIXES, read_image
+from lit_blind.io import IMAGE_SUFFIXES, data_path, read_image
 
 EMBEDDED = (
     "camera",
@@ -109,6 +109,8 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         if root is None and not embedded and mnist is None and not noise:
             raise ValueError("root, embedded, mnist or noise must be given, got none")
+        root = None if root is None else str(data_path(root))
+        mnist = None if mnist is None else str(data_path(mnist))
         if root is not None and not Path(root).is_dir():
             raise ValueError(f"root must be an existing folder, got {root!r}")
         for name in embedded:
@@ -213,7 +215,7 @@ class BinarizedMNISTDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
-        self.root, self.threshold, self.pad = Path(root), float(threshold), int(pad)
+        self.root, self.threshold, self.pad = data_path(root), float(threshold), int(pad)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.limit_train, self.limit_val, self.download = limit_train, limit_val, download
         self.num_workers = int(num_workers)
@@ -298,6 +300,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        root = str(data_path(root))
         if not Path(root).is_dir():
             raise ValueError(f"root must be an existing folder, got {root!r}")
         if not 0 < val_fraction < 1:
@@ -360,7 +363,8 @@ class BlurProblemsDataModule(pl.LightningDataModule):
                 raise ValueError(f"inits must be 'large' or 'small', got {init!r}")
         if sigma_y < 0:
             raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
-        self.embedded, self.kernels, self.inits, self.blurry = list(embedded), list(kernels), list(inits), list(blurry)
+        self.embedded, self.kernels, self.inits = list(embedded), list(kernels), list(inits)
+        self.blurry = [str(data_path(p)) for p in blurry]
         self.sigma_y, self.channels, self.size, self.scale = sigma_y, channels, size, scale
         self.iterations, self.seed = int(iterations), int(seed)
         self.problems: dict | None = None
@@ -450,8 +454,9 @@ class LevinDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        root = str(data_path(root))
         if not Path(root).is_dir():
-            raise ValueError(f"root must be the levin09 folder, got {root!r}")
+            raise ValueError(f"root must be the levin09 folder (sharp/, blurred/, kernels/), got {root!r}")
         self.root, self.images, self.kernels = Path(root), list(images), list(kernels)
         self.kernel_pad, self.num_workers = int(kernel_pad), int(num_workers)
         self.items: list[dict] | None = None

@@ -18,6 +18,7 @@ padded by edge replication; the CG solve is warm-started at its input and stops 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,12 @@ def _run(
         h = fam(theta).detach().to(y.dtype)
         x = image_step(x, h)
         evals += evals_per_outer
+        size = float(x.abs().max())  # one host sync per outer iteration, not per image step
+        if not math.isfinite(size) or size > 1e6 * max(1.0, float(y.abs().max())):
+            raise ValueError(
+                f"image step of outer iteration {k} diverged (max |x| = {size:.3g} for y in [0, 1]): "
+                "is sigma_y plausible for the image? a smaller gamma_x keeps the step stable"
+            )
         theta, f = theta_step(theta, x, k)
         hist["theta"].append(theta[0].tolist())
         hist["data_fidelity"].append(f)

@@ -41,6 +41,7 @@ def run_deblur_demo(
 ) -> dict:
     """The paper's Algorithm 1 from the large and the small initialisation on a motion-blurred embedded photo."""
     from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
 
     from lit_blind.api import deblur
     from lit_blind.io import write_image
@@ -61,8 +62,11 @@ def run_deblur_demo(
     results = {}
     for init in ("large", "small"):
         writer = SummaryWriter(str(out / "tensorboard" / init))
+        bar = tqdm(total=K, desc=f"Algorithm 1, {init} init", unit="it")
 
-        def log(s: dict, writer=writer) -> None:
+        def log(s: dict, writer=writer, bar=bar) -> None:
+            bar.set_postfix(f=f"{s['data_fidelity']:.3g}", refresh=False)
+            bar.update(1)
             writer.add_scalar("deblur/data_fidelity", s["data_fidelity"], s["iteration"])
             writer.add_scalar("deblur/kernel_error", kernel_error(s["kernel"], h), s["iteration"])
             if s["iteration"] % 5 == 0:
@@ -74,6 +78,7 @@ def run_deblur_demo(
             y, prior, algorithm="alternating", kernel_size=15, init=init, sigma_y=0.01, K=K, K_x=K_x, callback=log
         )
         writer.close()
+        bar.close()
         results[init] = res
         write_image(out / f"deblurred_{init}.png", res.image.float())
         write_image(out / f"kernel_{init}.png", (res.kernel[0] / res.kernel.max()).float())
@@ -163,14 +168,6 @@ def _em_figure(path: Path, y, est, h, h_est, s: dict) -> None:
     plt.close(fig)
 
 
-def print_em_summary(s: dict) -> None:
-    print(f"Default blind method (EM), {s['image']}, prior {s['prior']}")
-    print(
-        f"PSNR {s['blurry_psnr']:.2f} dB blurry -> {s['psnr']:.2f} dB deblurred ({s['psnr'] - s['blurry_psnr']:+.2f} dB), "
-        f"kernel error {s['kernel_error']:.3f}, {s['score_evals']} denoiser evaluations, {s['seconds']:.1f} s"
-    )
-
-
 def _deblur_figure(path: Path, x, y, h, results) -> None:
     import matplotlib
 
@@ -194,17 +191,6 @@ def _deblur_figure(path: Path, x, y, h, results) -> None:
     plt.close(fig)
 
 
-def print_deblur_summary(s: dict) -> None:
-    print(f"Blind deblurring, {s['image']}, motion blur, sigma_y=0.01, prior {s['prior']}, K={s['K']}, K_x={s['K_x']}")
-    print(f"blurry PSNR {s['blurry_psnr']:.2f} dB")
-    print(f"{'init':6s} {'kernel error':>12s} {'PSNR':>7s} {'dist. to no-blur':>16s} {'seconds':>8s}")
-    for init in ("large", "small"):
-        r = s[init]
-        print(
-            f"{init:6s} {r['kernel_error']:12.3f} {r['psnr']:7.2f} {r['kernel_error_vs_dirac']:16.3f} {r['seconds']:8.1f}"
-        )
-
-
 def run_demo(out: str | Path, size: int = 128, seed: int = 0) -> dict:
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -214,6 +200,7 @@ def run_demo(out: str | Path, size: int = 128, seed: int = 0) -> dict:
     thetas = torch.linspace(0, 5, 11, dtype=torch.float64)
     blurred = torch.cat([blur(x, family(name, size=31)(thetas[:, None])) for name in FAMILIES])
     exact = -prior.log_prob(blurred, sigma_eps)
+    print(f"Theorem 1: probability-flow ODE (dopri5) on {len(blurred)} blurred images as one batch ...", flush=True)
     t0 = time.perf_counter()
     probe = rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(seed))
     ode = potential(prior, blurred, solver="dopri5", probes=probe)
@@ -277,17 +264,3 @@ def _figures(out: Path, x, blurred, exact, ode, thetas) -> None:
     fig.tight_layout()
     fig.savefig(out / "figures" / "blurred.png", dpi=100)
     plt.close(fig)
-
-
-def print_summary(summary: dict) -> None:
-    print(f"Theorem 1 on {summary['image']}, GaussianPrior, sigma_eps={summary['sigma_eps']}")
-    print(
-        f"{'family':10s} {'decreasing':>10s} {'q(x)-q(h5*x)':>14s} {'max|ODE-exact|':>15s} {'max|Δ ODE-Δ exact|':>19s}"
-    )
-    for name, s in summary["families"].items():
-        print(
-            f"{name:10s} {str(s['strictly_decreasing']):>10s} {s['decrease_q0_minus_q5']:14.1f} "
-            f"{s['max_abs_ode_error']:15.2f} {s['max_abs_ode_error_of_differences']:19.2f}"
-        )
-    o = summary["ode"]
-    print(f"ODE: {o['solver']} rtol={o['rtol']}, mean NFE {o['mean_nfe']:.0f}, {o['seconds']:.1f} s for 44 images")

@@ -8,6 +8,8 @@ and never later: pass ``correlation=True`` or use :func:`read_levin_kernels`.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,27 @@ import torch
 from torch import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ("..", "shared", "data")
+
+
+def data_path(path: str | Path) -> Path:
+    """Where a data path of a config (e.g. ``../shared/data/levin09``) is, whatever the working directory.
+
+    An absolute path, or one that exists from the working directory, is kept. A path under
+    ``../shared/data`` is looked up under ``$LIT_BLIND_DATA`` when that is set; any other relative path
+    relative to the repository (the folder holding ``configs/``). A path found nowhere comes back as given,
+    so the caller's error names it.
+    """
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    env = os.environ.get("LIT_BLIND_DATA")
+    if env and p.parts[:3] == SHARED_DATA:
+        candidate = Path(env).joinpath(*p.parts[3:])
+        return candidate if candidate.exists() else p
+    candidate = REPO_ROOT / p
+    return candidate if candidate.exists() else p
 
 
 def _read_mat(path: Path, key: str | None) -> np.ndarray | list[np.ndarray]:
@@ -50,27 +73,57 @@ def _read_mat(path: Path, key: str | None) -> np.ndarray | list[np.ndarray]:
 
 
 def _to_unit_range(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255
     if a.dtype == np.uint16:
         return a.astype(np.float32) / 65535
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"image in {path} must be bool, uint8, uint16 or floating point, got dtype {a.dtype}")
     a = a.astype(np.float32)
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+    bad = ~np.isfinite(a)
+    if bad.any():
         raise ValueError(
-            f"image values in {path} must be finite and in [0, 1] (or uint8/uint16), "
-            f"got range [{np.nanmin(a)}, {np.nanmax(a)}]"
+            f"image in {path} must be finite, got {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} inf values"
+        )
+    if a.min() < 0 or a.max() > 1:
+        raise ValueError(
+            f"image values in {path} must be in [0, 1] (or uint8/uint16), got range [{a.min()}, {a.max()}]"
         )
     return a
 
 
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
+
+
+def _pil_array(im, path: Path) -> np.ndarray:
+    """A PIL image as an H×W (gray) or H×W×3 (RGB) array of its own depth: 1-bit as bool, 8-bit as uint8,
+    16-bit as uint16, float (mode F) as float32; alpha is dropped with a warning; a palette is expanded."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        warnings.warn(f"{path}: the alpha channel of this {im.mode} image is dropped", stacklevel=3)
+        im = im.convert("RGB" if im.mode != "LA" else "L")
+    if im.mode == "I":  # 32-bit integer: PNG stores 16-bit gray this way in some PIL versions
+        a = np.asarray(im)
+        if a.min() < 0 or a.max() > 65535:
+            raise ValueError(f"image in {path} is 32-bit integer with values outside [0, 65535]; cannot scale it")
+        return a.astype(np.uint16)
+    if im.mode in ("1", "L", "RGB", "F", *SIXTEEN_BIT):
+        return np.asarray(im)
+    if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(im.convert("RGB"))
+    raise ValueError(f"{path} has the PIL mode {im.mode!r}, which is not a gray or colour image")
 
 
 def read_image(path: str | Path, channels: int | None = None, key: str | None = None) -> Tensor:
     """Read PNG/JPEG/BMP/TIFF, ``.npy`` (H×W or H×W×C) or ``.mat`` into a ``(1, C, H, W)`` tensor in [0, 1].
 
-    ``channels`` = 1 or 3 converts (gray ↔ RGB) explicitly; None keeps the file's own channels and raises
-    for modes other than gray / RGB (e.g. RGBA) instead of guessing.
+    8- and 16-bit files are scaled by 255 / 65535, 1-bit and float (TIFF mode F) images kept as values (floats
+    must lie in [0, 1]; NaN or inf is an error that says so); a palette image is expanded, an alpha channel
+    dropped with a ``UserWarning``. ``channels`` = 1 or 3 converts (gray ↔ RGB: the ITU-R BT.601 luma, as
+    PIL's ``convert("L")``, / three copies) explicitly; None keeps the file's own channels.
     """
     path = Path(path)
     if not path.is_file():
@@ -81,12 +134,11 @@ def read_image(path: str | Path, channels: int | None = None, key: str | None = 
     if suffix in IMAGE_SUFFIXES:
         from PIL import Image
 
-        with Image.open(path) as im:
-            if channels is not None and im.mode not in SIXTEEN_BIT:  # PIL's convert clips 16-bit values to 255
-                im = im.convert("L" if channels == 1 else "RGB")
-            elif channels is None and im.mode not in ("L", "RGB", *SIXTEEN_BIT):
-                raise ValueError(f"{path} has mode {im.mode!r}; pass channels=1 or 3 to convert it")
-            a = np.asarray(im)
+        try:
+            with Image.open(path) as im:
+                a = _pil_array(im, path)  # never PIL's convert to L: it clips 16-bit values to 255
+        except OSError as err:  # PIL.UnidentifiedImageError and truncated files
+            raise ValueError(f"path must be a readable image, got {str(path)!r}: {err}") from err
     elif suffix == ".npy":
         a = np.load(path)
     elif suffix == ".mat":
@@ -102,7 +154,8 @@ def read_image(path: str | Path, channels: int | None = None, key: str | None = 
         raise ValueError(f"image in {path} must be H×W or H×W×C with C in (1, 3), got shape {a.shape}")
     x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
     if channels is not None and x.shape[1] != channels:
-        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(1, 3, *x.shape[-2:])
+        luma = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
+        x = (x * luma).sum(1, keepdim=True) if channels == 1 else x.expand(1, 3, *x.shape[-2:])
     return x.contiguous()
 
 

@@ -93,7 +93,11 @@ def project_simplex(v: Tensor) -> Tensor:
     u, _ = torch.sort(v, dim=1, descending=True)
     css = torch.cumsum(u, dim=1) - 1
     j = torch.arange(1, v.shape[1] + 1, dtype=v.dtype, device=v.device)
-    rho = (u - css / j > 0).sum(dim=1, keepdim=True)  # >= 1: the largest entry always qualifies
+    rho = (u - css / j > 0).sum(dim=1, keepdim=True)  # >= 1 in exact arithmetic: the largest entry qualifies
+    if bool((rho == 0).any()):  # only when rounding swamps the sum (entries of wildly different magnitudes)
+        raise ValueError(
+            f"v must have entries of comparable magnitude to project, got max |v| {float(v.abs().max()):.3g}"
+        )
     tau = torch.gather(css, 1, rho - 1) / rho.to(v.dtype)
     return torch.clamp(v - tau, min=0)
 

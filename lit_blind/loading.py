@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from lit_blind.io import data_path
 from lit_blind.priors import DenoiserPrior, GaussianPrior, Prior, UNetScorePrior
 
 SHIPPED = ("mnist-small", "natural-gray-small")
@@ -397,7 +398,7 @@ def load_prior(spec: str | Path, **kw) -> Prior:
         return GaussianPrior(**({"channels": 3} if spec_s == "gaussian-rgb" else {}), **kw)
     if spec_s in SHIPPED:
         return load_diffusers_ve(_find_shipped(spec_s), **kw)
-    path = Path(spec_s)
+    path = data_path(spec_s)  # a relative path also from outside the repository (see lit_blind.io.data_path)
     if path.is_dir() and (path / "config.json").is_file():
         return load_diffusers_ve(path, **kw)
     if path.is_file() and path.suffix == ".pkl":

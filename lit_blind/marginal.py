@@ -44,7 +44,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult, _padded
-from lit_blind.physics import prox_data
+from lit_blind.physics import data_fidelity, prox_data
 from lit_blind.priors import Prior
 
 
@@ -210,7 +210,7 @@ def marginal_em(
     may be too small" when more than 5 % of the kernel's mass lies on the border of its support: on the 64 Levin
     estimates, whose true kernels all fit, the border held at most 4.1 %). ``callback`` gets a dict per outer
     iteration: ``level``, ``iteration``, ``total`` (outer iterations in all), ``sigma``, ``x``, ``kernel``,
-    ``score_evals``.
+    ``data_fidelity`` (½‖h ⋆ x − y‖² at the current level, also in ``history``), ``score_evals``.
 
     Example::
 
@@ -245,7 +245,8 @@ def marginal_em(
         )
     levels = pyramid(int(kernel_size), int(min_kernel))
     sigmas = np.geomspace(sigma_start, sigma_end, len(levels) * int(iters))
-    hist: dict = {"level": [], "sigma": [], "covariance": [], "score_evals": [], "seconds": [], "scales": []}
+    hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
+    hist["scales"] = []
     t0, evals, h, s_prev = time.perf_counter(), 0, None, None
     for li, (s, k) in enumerate(levels):
         size = [max(k, round(n * s)) for n in y.shape[-2:]]
@@ -267,11 +268,19 @@ def marginal_em(
                 evals += 1
             c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
             h = kernel_step(x, ys, k, c, edges)
-            for key, v in (("level", li), ("sigma", sig), ("covariance", c), ("score_evals", evals)):
+            f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
+            for key, v in (
+                ("level", li),
+                ("sigma", sig),
+                ("covariance", c),
+                ("data_fidelity", f),
+                ("score_evals", evals),
+            ):
                 hist[key].append(v)
             hist["seconds"].append(time.perf_counter() - t0)
             if callback is not None:
-                callback(dict(level=li, iteration=t, total=len(sigmas), sigma=sig, x=x, kernel=h, score_evals=evals))
+                state = dict(level=li, iteration=t, total=len(sigmas), sigma=sig, x=x, kernel=h, data_fidelity=f)
+                callback(state | {"score_evals": evals})
         hist["scales"].append((k, h.cpu()))
     if rgb:  # each channel deconvolved under the final kernel with the gray prior, same σ schedule as the last level
         x = F.pad(y_rgb, (h.shape[-1] // 2,) * 4, mode="replicate").transpose(0, 1)

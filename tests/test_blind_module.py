@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_blind.lightning_cli import run_lightning_cli
+from lit_blind.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 GAUSS = '{"class_path": "lit_blind.priors.GaussianPrior"}'

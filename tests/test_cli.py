@@ -1,20 +1,60 @@
-"""The command line entry point (lit_blind.cli)."""
+"""The command line (lit_blind.cli): commands, one-line user errors naming the flag, complete or marked
+outputs, interrupted runs, progress, data paths. Each input is written by the test."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lit_blind.cli import main
+from lit_blind.demo import camera
+from lit_blind.io import read_image, write_image
+from lit_blind.kernels import family
+from lit_blind.physics import blur
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+OUTPUTS = ("deblurred.png", "kernel.png", "kernel.npy", "comparison.png", "result.json")
+
+
+def _lit_blind(*args, cwd, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lit_blind.cli", *map(str, args)],
+        cwd=cwd,
+        env={**ENV, **kw.pop("env", {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A gray 64×64 photo blurred by a 7×7 motion kernel (circular)."""
+    h = family("motion", size=7, angle=30)(torch.tensor([[2.0]], dtype=torch.float64))
+    path = tmp_path / "photo.png"
+    write_image(path, blur(camera(64), h).float())
+    return path
 
 
 def test_lit_blind_lists_its_commands(capsys):
-    from lit_blind.cli import main
-
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("deblur", "demo", "fit", "validate", "test", "predict"))
+    assert all(name in out for name in ("deblur", "demo", "fit", "validate", "test", "predict", "--debug"))
     assert main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
     assert main([]) == 2 and "commands:" in capsys.readouterr().err
 
 
 def test_help_does_not_import_torch():
-    import subprocess
-    import sys
-
     code = (
         "import sys; from lit_blind.cli import main\n"
         "for argv in (['--help'], ['deblur', '--help'], ['demo', '--help']):\n"
@@ -26,3 +66,205 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_deblur_help_shows_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["deblur", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--prior", "natural-gray-small"), ("--kernel-size", "31"), ("--algorithm", "em")):
+        assert flag in out and f"default: {default}" in out
+    for flag in ("--sigma-y", "--iterations", "--gamma-theta", "--force", "--boundary", "--out", "--init"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--kernel-size", "8"], "--kernel-size must be an odd integer"),
+        (["--kernel-size", "99"], "--kernel-size 99 must not exceed the image size"),
+        (["--algorithm", "alternating", "--sigma-y", "10"], "--sigma-y must be in (0, 0.5]"),
+        (["--iterations", "3"], "--iterations apply to --algorithm alternating|drs only"),
+        (["--boundary", "circular"], "--algorithm em needs --boundary valid"),
+        (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
+        (["--prior", "missing/weights.pth"], "--prior names a file or folder that does not exist"),
+    ],
+)
+def test_deblur_user_errors_are_one_line_naming_the_flag(photo, tmp_path, capsys, extra, flag):
+    out = tmp_path / "o"
+    rc = main(["deblur", str(photo), "--prior", "gaussian", "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("lit-blind: error: ") and flag in err[-1]
+    assert not (out / "result.json").exists()
+
+
+def test_deblur_path_errors_come_before_any_work(photo, tmp_path, capsys):
+    assert main(["deblur", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "IMAGE must be an existing image file" in capsys.readouterr().err
+    assert main(["deblur", str(photo), "--out", str(photo / "o")]) == 2  # a folder under a file
+    assert "--out must be a writable folder" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["deblur", str(tmp_path / "bad.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "IMAGE must be a readable image" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(photo, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="--kernel-size must be an odd integer"):
+        main(["deblur", str(photo), "--kernel-size", "8", "--debug"])
+    monkeypatch.setenv("LIT_BLIND_DEBUG", "1")
+    with pytest.raises(ValueError, match="--kernel-size must be an odd integer"):
+        main(["deblur", str(photo), "--kernel-size", "8"])
+
+
+def test_a_diverging_engine_ends_with_an_error_naming_the_step(photo, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["--prior", "gaussian", "--algorithm", "alternating", "--sigma-y", "5", "--force", "--kernel-size", "7"]
+    assert main(["deblur", str(photo), *args, "--iterations", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "image step of outer iteration 0 diverged" in err and not (out / "result.json").exists()
+
+
+def test_deblur_noise_estimate_is_printed_and_checked_against_sigma_y(photo, tmp_path, capsys):
+    args = ["--prior", "gaussian", "--algorithm", "alternating", "--kernel-size", "7", "--iterations", "1"]
+    assert main(["deblur", str(photo), *args, "--inner", "1", "--sigma-y", "0.3", "--out", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "noise level estimated from the image (MAD)" in captured.out and "--sigma-y 0.3" in captured.out
+    assert "differ by more than a factor 3" in captured.err
+    estimate = json.loads((tmp_path / "o" / "result.json").read_text())["noise_level_estimate"]
+    assert 0 <= estimate < 0.1
+
+
+def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
+    x = camera(60 + 6)[..., :, :58].float()
+    x = torch.cat([x, x.flip(-1), 1 - x], 1)  # an RGB photo: it comes back in colour
+    h = family("motion", size=7, angle=30)(torch.tensor([[2.0]])).float()
+    write_image(tmp_path / "photo.png", blur(x, h, "valid"))
+    out = tmp_path / "o"
+    (out / "stale").mkdir(parents=True)
+    (out / "result.json").write_text("{}")  # a previous run's: removed before the new files are written
+    rc = main(["deblur", str(tmp_path / "photo.png"), "--prior", "gaussian", "--kernel-size", "7", "--out", str(out)])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(OUTPUTS)  # no temporary names left
+    k = np.load(out / "kernel.npy")
+    assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
+    assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
+    result = json.loads((out / "result.json").read_text())
+    assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
+    assert "deblur (em)" in capsys.readouterr().err  # the progress bar
+
+
+def test_deblur_alternating_rgb_nonsquare_photo(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 30, 37, generator=gen)
+    write_image(tmp_path / "photo.png", blur(x, family("motion", size=7)(torch.tensor([[2.0]])), "circular"))
+    args = ["--prior", "gaussian-rgb", "--algorithm", "alternating", "--kernel-size", "7", "--boundary", "circular"]
+    args += ["--iterations", "4", "--inner", "5", "--out", str(tmp_path / "o")]
+    assert main(["deblur", str(tmp_path / "photo.png"), *args]) == 0
+    assert all((tmp_path / "o" / name).is_file() for name in OUTPUTS)
+    k = np.load(tmp_path / "o" / "kernel.npy")
+    assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
+    assert read_image(tmp_path / "o" / "deblurred.png").shape == (1, 3, 30, 37)
+
+
+def _wait_for(stream, pattern: str, timeout: float = 120) -> str:
+    """Read ``stream`` character by character until ``pattern`` matches (tqdm writes without newlines)."""
+    seen, t0 = "", time.monotonic()
+    while re.search(pattern, seen) is None and time.monotonic() - t0 < timeout:
+        c = stream.read(1)
+        if not c:
+            break
+        seen += c
+    assert re.search(pattern, seen), seen[-2000:]
+    return seen
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_deblur_keeps_a_readable_partial_result(tmp_path, signum, code):
+    write_image(tmp_path / "photo.png", camera(256).float())
+    out = tmp_path / "o"
+    proc = _lit_blind("deblur", tmp_path / "photo.png", "--out", out, cwd=tmp_path)  # the shipped prior, ≈ 7 s
+    _wait_for(proc.stderr, r"level=[2-9]")  # the EM loop is running, a few levels in
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["interrupted"] is True and result["level"] >= 2
+    x = read_image(out / "deblurred.png")
+    assert list(x.shape[-2:]) == result["image_size"] and 0 < x.shape[-1] <= 256
+    assert np.load(out / "kernel.npy").sum() == pytest.approx(1)
+
+
+def test_lightning_user_error_is_one_line_naming_the_key(tmp_path):
+    proc = _lit_blind(
+        "test",
+        "--config",
+        ROOT / "configs/benchmarks/levin09.yaml",
+        "--data.init_args.root",
+        tmp_path / "nope",
+        cwd=tmp_path,
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("lit-blind: error: --data.init_args.root must be the levin09 folder")
+
+
+def _blur_args(out, *extra):
+    return [
+        "test",
+        "--config",
+        ROOT / "configs/experiments/blur_likelihood.yaml",
+        "--model.init_args.output_dir",
+        out,
+        "--model.init_args.probe.init_args.families",
+        "[gaussian]",
+        "--model.init_args.probe.init_args.thetas",
+        "[0.0, 5.0]",
+        "--model.init_args.probe.init_args.kernel_size",
+        "15",
+        "--trainer.accelerator",
+        "cpu",
+        *extra,
+    ]
+
+
+def test_output_dir_moves_tensorboard_logs_and_config(tmp_path):
+    out = tmp_path / "elsewhere"
+    proc = _lit_blind(
+        *_blur_args(out, "--data.init_args.embedded", "[camera]", "--data.init_args.size", "16"), cwd=tmp_path
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert list((out / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
+    assert not (tmp_path / "outputs").exists()  # nothing under the working directory
+
+
+def test_sigterm_during_test_exits_143_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "bl"
+    images = ["--data.init_args.embedded", "[camera, moon, coins, astronaut, coffee, chelsea]"]
+    proc = _lit_blind(*_blur_args(out, *images, "--data.init_args.size", "48"), cwd=tmp_path)
+    rows = out / "results.jsonl"
+    t0 = time.monotonic()
+    while not (rows.is_file() and rows.read_text().count("\n") >= 2) and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    done = rows.read_text().count("\n")
+    assert 2 <= done < 12 and not (out / "summary.json").exists()
+    proc = _lit_blind(*_blur_args(out, *images, "--data.init_args.size", "48"), cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert rows.read_text().count("\n") == 12 and (out / "summary.json").is_file()
+
+
+def test_config_data_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    from lit_blind.io import data_path
+
+    monkeypatch.chdir(tmp_path)
+    assert data_path("configs/benchmarks") == ROOT / "configs/benchmarks"  # relative to the repository
+    assert data_path("no/such/folder") == Path("no/such/folder")  # unchanged: the caller's error names it
+    (tmp_path / "mydata" / "levin09").mkdir(parents=True)
+    monkeypatch.setenv("LIT_BLIND_DATA", str(tmp_path / "mydata"))
+    assert data_path("../shared/data/levin09") == tmp_path / "mydata" / "levin09"
+    assert data_path(tmp_path / "abs") == tmp_path / "abs"

@@ -214,39 +214,3 @@ def test_sparse_deconvolution_inverts_a_valid_blur_and_rejects_no_deblurring():
     assert abs(error_ratio(y, sharp, h, h) - 1) < 1e-12
     with pytest.raises(ValueError, match="weight"):
         sparse_deconvolution(y, h, weight=0.0)
-
-
-def test_deblur_cli_on_rgb_nonsquare_photo(tmp_path):
-    import numpy as np
-
-    from lit_blind.cli import main
-    from lit_blind.io import write_image
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, 30, 37, generator=gen)
-    write_image(tmp_path / "photo.png", blur(x, family("motion", size=7)(torch.tensor([[2.0]])), "circular"))
-    args = [
-        "--prior",
-        "gaussian-rgb",
-        "--algorithm",
-        "alternating",
-        "--kernel-size",
-        "7",
-        "--iterations",
-        "4",
-        "--inner",
-        "5",
-        "--scales",
-        "2",
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    rc = main(["deblur", str(tmp_path / "photo.png"), *args])
-    assert rc == 0
-    for name in ("deblurred.png", "kernel.png", "kernel.npy", "comparison.png", "result.json"):
-        assert (tmp_path / "o" / name).is_file()
-    k = np.load(tmp_path / "o" / "kernel.npy")
-    assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
-    from lit_blind.io import read_image
-
-    assert read_image(tmp_path / "o" / "deblurred.png").shape == (1, 3, 30, 37)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_blind.lightning_cli import run_lightning_cli
+from lit_blind.cli import run_lightning_cli
 from lit_blind.results import ResultsFile
 
 ROOT = Path(__file__).resolve().parents[1]

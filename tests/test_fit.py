@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_blind.lightning_cli import run_lightning_cli
+from lit_blind.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = sorted((ROOT / "configs" / "fit").glob("*.yaml"))

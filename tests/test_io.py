@@ -69,15 +69,19 @@ def test_levin_kernels_explain_levin_blur(shared_data):
         (lambda p: read_image(p / "missing.png"), "existing"),
         (lambda p: read_image(p / "a.txt"), "must end in"),
         (lambda p: read_image(p / "bad.npy"), r"\[0, 1\]"),
+        (lambda p: read_image(p / "nan.npy"), "1 NaN and 1 inf"),
+        (lambda p: read_image(p / "int.npy"), "dtype int64"),
+        (lambda p: read_image(p / "fake.png"), "readable image"),
         (lambda p: read_kernel(p / "even.npy"), "odd"),
-        (lambda p: read_image(p / "rgba.png"), "mode"),
     ],
 )
 def test_bad_files(tmp_path, call, match):
     (tmp_path / "a.txt").write_text("x")
     np.save(tmp_path / "bad.npy", np.full((4, 4), 3.0))
+    np.save(tmp_path / "nan.npy", np.array([[0.5, np.nan], [np.inf, 0.2]]))
+    np.save(tmp_path / "int.npy", np.ones((4, 4), np.int64))
+    (tmp_path / "fake.png").write_bytes(b"not a png")
     np.save(tmp_path / "even.npy", np.ones((4, 4)))
-    Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA").save(tmp_path / "rgba.png")
     with pytest.raises(ValueError, match=match):
         call(tmp_path)
 
@@ -94,3 +98,34 @@ def test_sixteen_bit_png_keeps_its_values_when_converted(tmp_path):
         x = read_image(tmp_path / "deep.png", channels=channels)
         assert x.shape == (1, channels or 1, 30, 40)
         assert np.allclose(x[0, 0].numpy(), a / 65535, atol=1e-6)  # not clipped to white
+
+
+def test_every_kind_of_image_file_reads_with_its_own_scale(tmp_path):
+    """8/16-bit gray, RGB, RGBA and LA (alpha dropped with a warning), palette, 1-bit and float TIFF."""
+    rng = np.random.default_rng(0)
+    gray8 = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    rgb8 = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(gray8).save(tmp_path / "gray8.png")
+    Image.fromarray(rgb8).save(tmp_path / "rgb8.png")
+    Image.fromarray(np.dstack([rgb8, np.full((6, 5), 7, np.uint8)]), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(gray8).convert("LA").save(tmp_path / "la.png")
+    Image.fromarray(rgb8).quantize(8).save(tmp_path / "palette.png")
+    Image.fromarray(gray8 > 127).save(tmp_path / "bits.png")
+    floats = rng.random((6, 5)).astype(np.float32)
+    Image.fromarray(floats, "F").save(tmp_path / "float.tif")
+    assert torch.allclose(read_image(tmp_path / "gray8.png")[0, 0], torch.from_numpy(gray8 / 255).float())
+    assert torch.allclose(read_image(tmp_path / "rgb8.png")[0], torch.from_numpy(rgb8 / 255).float().permute(2, 0, 1))
+    with pytest.warns(UserWarning, match="alpha channel of this RGBA image is dropped"):
+        rgba = read_image(tmp_path / "rgba.png")
+    assert torch.allclose(rgba[0], torch.from_numpy(rgb8 / 255).float().permute(2, 0, 1))
+    with pytest.warns(UserWarning, match="alpha channel of this LA image"):
+        assert torch.allclose(read_image(tmp_path / "la.png")[0, 0], torch.from_numpy(gray8 / 255).float())
+    with Image.open(tmp_path / "palette.png") as im:
+        expanded = np.asarray(im.convert("RGB")) / 255
+    assert torch.allclose(read_image(tmp_path / "palette.png")[0], torch.from_numpy(expanded).float().permute(2, 0, 1))
+    assert torch.equal(read_image(tmp_path / "bits.png")[0, 0], torch.from_numpy(gray8 > 127).float())
+    assert torch.allclose(read_image(tmp_path / "float.tif")[0, 0], torch.from_numpy(floats))
+    luma = read_image(tmp_path / "rgb8.png", channels=1)[0, 0]  # BT.601, as PIL's convert("L") up to rounding
+    assert torch.allclose(
+        luma, torch.from_numpy(np.asarray(Image.fromarray(rgb8).convert("L")) / 255).float(), atol=1 / 255
+    )

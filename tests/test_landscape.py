@@ -126,7 +126,7 @@ def test_noisy_profile_runs_and_prefers_small_kernels_at_high_noise(gen):
 def _landscape_run(tmp_path, config, *extra):
     from pathlib import Path
 
-    from lit_blind.lightning_cli import run_lightning_cli
+    from lit_blind.cli import run_lightning_cli
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / config

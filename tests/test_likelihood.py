@@ -76,10 +76,11 @@ def test_batching_does_not_change_a_sample(tiny_unet_prior):
     together = potential(tiny_unet_prior, x, solver="dopri5", probes=probes)
     split = potential(tiny_unet_prior, x, solver="dopri5", probes=probes, batch_size=1)
     alone = potential(tiny_unet_prior, x[2:3], solver="dopri5", probes=probes[:, 2:3])
-    # float32 network: batched kernels round differently, which may flip an accept/reject decision;
-    # the values then differ within the solver tolerance (the rk45 ↔ dopri5 bound), never more
-    assert (together.value - split.value).abs().max() < 0.1
-    assert abs(together.value[2] - alone.value[0]) < 0.1
+    # float32 network: batched kernels round differently (and differently per thread count: 0.11 nats with
+    # one thread), which may flip an accept/reject decision; the values then differ within the solver's
+    # tolerance, not by the many nats that mixing two samples' states would cost (exactness: next test)
+    assert (together.value - split.value).abs().max() < 0.3
+    assert abs(together.value[2] - alone.value[0]) < 0.3
 
 
 def test_batching_is_exact_with_a_float64_network():

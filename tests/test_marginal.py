@@ -168,44 +168,6 @@ def test_deblur_em_rejects_settings_it_cannot_honour():
         deblur(y, GaussianPrior(), algorithm="alternating", kernel_size=9, em_options={"iters": 2})
 
 
-def test_deblur_cli_em_writes_a_complete_result(tmp_path):
-    import json
-
-    import numpy as np
-
-    from lit_blind.cli import main
-    from lit_blind.io import read_image, write_image
-
-    x = _blocks(60, 52).float()
-    x = torch.cat([x, x.flip(-1), 1 - x], 1)  # an RGB photo: it comes back in colour
-    write_image(tmp_path / "photo.png", blur(x, _motion_kernel(7).float(), "circular"))
-    out = tmp_path / "o"
-    rc = main(
-        ["deblur", str(tmp_path / "photo.png"), "--prior", "gaussian", "--algorithm", "em"]
-        + ["--kernel-size", "7", "--out", str(out)]
-    )
-    assert rc == 0
-    k = np.load(out / "kernel.npy")
-    assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6 and (k >= 0).all()
-    assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
-    assert json.loads((out / "result.json").read_text())["score_evals"] > 0
-    with pytest.raises(ValueError, match="--iterations apply to --algorithm alternating"):
-        main(["deblur", str(tmp_path / "photo.png"), "--prior", "gaussian", "--iterations", "3"])
-    with pytest.raises(ValueError, match="--boundary valid"):
-        main(
-            [
-                "deblur",
-                str(tmp_path / "photo.png"),
-                "--prior",
-                "gaussian",
-                "--algorithm",
-                "em",
-                "--boundary",
-                "circular",
-            ]
-        )
-
-
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
     off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance=False)
