@@ -119,7 +119,7 @@ def run_em_demo(out: str | Path, prior_spec: str = "natural-gray-small", size: i
 
     def progress(s: dict) -> None:
         bar.total = s["total"]
-        bar.set_postfix(sigma=f"{s['sigma']:.3f}", refresh=False)
+        bar.set_postfix(sigma=f"{s['sigma']:.3f}", f=f"{s['data_fidelity']:.3g}", refresh=False)
         bar.update(1)
 
     t0 = time.perf_counter()

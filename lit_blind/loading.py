@@ -180,8 +180,14 @@ def load_denoiser(path: str | Path, kind: str | None = None, **kw) -> DenoiserPr
             raise ValueError(f"{path} does not match deepinv's DRUNet: {err}") from err
         opts = {"channels": c, "sigma_min": 1 / 255, "sigma_max": 50 / 255, "multiple": 8}
         return DenoiserPrior(net.eval().requires_grad_(False), **{**opts, **kw})
+    if "conv_in.weight" in sd and any(k.startswith("down_blocks.") for k in sd):
+        raise ValueError(
+            f"{path} is a diffusers UNet2DModel state dict without its architecture: pass the folder written by "
+            "save_pretrained (config.json beside the weights)"
+        )
     raise ValueError(
-        f"{path}: unrecognised state dict (keys {list(sd)[:4]}...); pass kind='edm-ncsnpp' or 'edm-adm' for EDM weights"
+        f"{path}: unrecognised state dict (keys {list(sd)[:4]}...); pass kind='edm-ncsnpp' or 'edm-adm' "
+        "(lit-blind deblur --prior-kind) for EDM weights"
     )
 
 

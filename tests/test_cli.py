@@ -268,3 +268,11 @@ def test_config_data_paths_resolve_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_BLIND_DATA", str(tmp_path / "mydata"))
     assert data_path("../shared/data/levin09") == tmp_path / "mydata" / "levin09"
     assert data_path(tmp_path / "abs") == tmp_path / "abs"
+
+
+def test_a_bare_diffusers_state_dict_is_explained(photo, tmp_path, capsys):
+    from lit_blind.testing import tiny_unet
+
+    torch.save(tiny_unet().state_dict(), tmp_path / "unet.pth")
+    assert main(["deblur", str(photo), "--prior", str(tmp_path / "unet.pth"), "--out", str(tmp_path / "o")]) == 2
+    assert "diffusers UNet2DModel state dict without its architecture" in capsys.readouterr().err
