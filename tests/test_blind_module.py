@@ -147,7 +147,6 @@ def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
     from lit_blind.data import LevinDataModule
     from lit_blind.loading import load_prior
     from lit_blind.probes import DeblurProbe
-    from lit_blind.results import ResultsFile
 
     with pytest.raises(ValueError, match="scales=1"):
         DeblurProbe(inits=["oracle"], scales=2)
@@ -157,13 +156,15 @@ def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
     prior = load_prior("natural-gray-small")
     extra = {"sharp": item["sharp"][None], "kernel": item["kernel"][None]}
     held = DeblurProbe(inits=["oracle"], K=1, K_x=1, theta_start=1)  # the kernel is never stepped
-    (row,) = held.run(prior, item["image"][None], "im1_kernel3", ResultsFile(tmp_path / "held", held.key), item=extra)
+    held.output_dir = tmp_path / "held"
+    (row,) = held.run(prior, item["image"][None], "im1_kernel3", held.row_keys("im1_kernel3"), item=extra)
     assert row["kernel_error"] < 1e-9 and abs(row["error_ratio"] - 1) < 1e-3
     assert (tmp_path / "held" / "estimates" / "im1_kernel3_oracle_kernel.npy").is_file()
     assert (tmp_path / "held" / "estimates" / "im1_kernel3_true_kernel.npy").is_file()
     # one outer iteration from x = y: the θ steps fit the kernel to a still blurry x and leave the truth
     free = DeblurProbe(inits=["oracle"], K=1, K_x=1)
-    (row,) = free.run(prior, item["image"][None], "im1_kernel3", ResultsFile(tmp_path / "free", free.key), item=extra)
+    free.output_dir = tmp_path / "free"
+    (row,) = free.run(prior, item["image"][None], "im1_kernel3", free.row_keys("im1_kernel3"), item=extra)
     assert row["kernel_error"] > 0.3 and row["no_blur_distance"] < 0.95
 
 

@@ -74,7 +74,7 @@ def test_resumed_multi_process_run_deals_out_the_images_still_to_do(tmp_path):
 
     from lit_blind.modules import PriorEvaluationModule
     from lit_blind.priors import GaussianPrior
-    from lit_blind.probes_landscape import CriticalPointProbe
+    from lit_blind.probes import CriticalPointProbe
 
     dataset = [{"index": i, "image_id": f"im{i}"} for i in range(6)]
     module = PriorEvaluationModule(GaussianPrior(), CriticalPointProbe(), str(tmp_path))

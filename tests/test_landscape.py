@@ -197,18 +197,17 @@ def test_profile_configs_smoke(tmp_path):
 
 
 def test_hessian_probe_reads_saved_critical_points(tmp_path, gen):
-    from lit_blind.probes_landscape import HessianSpectrumProbe
-    from lit_blind.results import ResultsFile
+    from lit_blind.probes import HessianSpectrumProbe
 
     means = torch.rand(3, 1, 4, 4, generator=gen, dtype=D)
     prior = GaussianMixturePrior(means, std=0.05)
     point = means[1:2] + 0.01 * torch.randn(1, 1, 4, 4, generator=gen, dtype=D)
     torch.save({"image_id": "img", "critical_point": point}, tmp_path / "img.pt")
     probe = HessianSpectrumProbe(points=str(tmp_path))
-    (row,) = probe.run(prior, torch.zeros(1, 1, 4, 4, dtype=D), "img", ResultsFile(tmp_path / "out", ("image_id",)))
+    (row,) = probe.run(prior, torch.zeros(1, 1, 4, 4, dtype=D), "img", probe.row_keys("img"))
     expected = hessian_spectrum(prior, point).singular_values
     torch.testing.assert_close(torch.tensor(row["singular_values"], dtype=D), expected)
     with pytest.raises(ValueError, match="no critical point for image 'other'"):
-        probe.run(prior, point, "other", ResultsFile(tmp_path / "out", ("image_id",)))
+        list(probe.run(prior, point, "other", probe.row_keys("other")))
     with pytest.raises(ValueError, match="points must be a folder"):
         HessianSpectrumProbe(points=str(tmp_path / "missing"))

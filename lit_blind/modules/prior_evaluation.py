@@ -1,7 +1,9 @@
 """``PriorEvaluationModule``: runs an injected probe over a dataset of images with ``lit-blind test``.
 
-Resumable and multi-process: rows go to ``<output_dir>/results.jsonl`` as soon as they are done and a
-rerun skips them. Under DDP every image goes to exactly one process. When every process sees the whole
+Resumable and multi-process: rows go to ``<output_dir>/results.jsonl`` as soon as the probe yields them, a
+rerun runs a probe only on the row keys still missing, and a failing input (a non-finite score, a
+floating-point error) becomes an ``error`` row for each of its missing keys instead of ending the run
+(:mod:`lit_blind.probes.base`). Under DDP every image goes to exactly one process. When every process sees the whole
 test set (``trainer.use_distributed_sampler: false``, which ``lit-blind test`` sets for this module) the
 images that still miss a row (``Probe.row_keys``) are dealt out in turn, so a resumed run keeps every
 process busy; with Lightning's ``DistributedSampler`` rank ``index % world_size`` takes image ``index``
@@ -25,6 +27,8 @@ from lit_blind.priors import Prior
 from lit_blind.probes import Probe
 from lit_blind.results import ResultsFile, write_json
 
+INPUT_ERRORS = (FloatingPointError,)  # NonFiniteScoreError included: failures of one input, not of the run
+
 
 class PriorEvaluationModule(pl.LightningModule):
     """Evaluate ``probe`` on every test image under ``prior``; outputs under ``output_dir`` (DESIGN.md §4)."""
@@ -38,6 +42,8 @@ class PriorEvaluationModule(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self.results = ResultsFile(self.output_dir, key=self.probe.key)
+        if self.probe.output_dir is None:
+            self.probe.output_dir = self.output_dir
         self._owner = self._deal_images()
         self.trainer.strategy.barrier()  # every process has read results.jsonl before any appends to it
 
@@ -69,9 +75,29 @@ class PriorEvaluationModule(pl.LightningModule):
                     for k, v in batch.items()
                     if k not in ("image", "image_id", "index") and hasattr(v, "shape")
                 }
-                rows = self.probe.run(self.prior, x, image_id, self.results, item=item)
-                grid = None if self._grid_logged else self.probe.image_grid(x)
+                rows = self._run_probe(x, image_id, item)
+                grid = None if self._grid_logged or not rows else self.probe.image_grid(x)
             self._log_rows(rows, grid, image_id)
+
+    def _run_probe(self, x: torch.Tensor, image_id: str, item: dict) -> list[dict]:
+        """The probe on the keys of ``image_id`` still missing; each row appended as soon as it is yielded;
+        a failing input leaves an ``error`` row for each key it did not finish."""
+        todo = [key for key in self.probe.row_keys(image_id) if not self.results.done(key)]
+        rows: list[dict] = []
+        if not todo:
+            return rows
+        try:
+            for row in self.probe.run(self.prior, x, image_id, todo, item=item):
+                if not self.results.done(row):
+                    self.results.append(row)
+                    rows.append(row)
+        except INPUT_ERRORS as err:
+            for key in todo:
+                if not self.results.done(key):
+                    row = key | {"error": f"{type(err).__name__}: {err}"}
+                    self.results.append(row)
+                    rows.append(row)
+        return rows
 
     def _log_rows(self, rows: list[dict], grid, image_id: str) -> None:
         exp = getattr(self.logger, "experiment", None)

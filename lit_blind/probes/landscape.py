@@ -1,4 +1,4 @@
-"""Landscape probes for ``PriorEvaluationModule`` (paper §2.2, §4; Figs. 1–4, 9, 10; no Lightning here).
+"""Landscape probes (paper §2.2, §4; Figs. 1–4, 9, 10).
 
 * :class:`CriticalPointProbe` — gradient descent to a critical point from each image; rows with the
   relative distance ‖x − x̄‖/‖x̄‖, q(x) − q(x̄), ‖∇q(x̄)‖ and q along iterations; the points are saved.
@@ -11,7 +11,7 @@ Images are grouped by the prefix of their id (``noise_*``, ``mnist_*``; others: 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -22,8 +22,7 @@ from lit_blind.landscape import find_critical_point, hessian_spectrum, noiseless
 from lit_blind.likelihood import potential, rademacher
 from lit_blind.physics import add_noise, blur
 from lit_blind.priors import Prior
-from lit_blind.probes import Probe, image_generator
-from lit_blind.results import ResultsFile
+from lit_blind.probes.base import Probe, image_generator
 
 
 def group_of(image_id: str) -> str:
@@ -68,13 +67,9 @@ class CriticalPointProbe(Probe):
     ) -> None:
         self.eta, self.steps, self.record_every = eta, int(steps), int(record_every)
         self.solver, self.rtol, self.ode_steps, self.exact, self.seed = solver, rtol, ode_steps, exact, seed
-        self.save_points, self.output_dir = save_points, output_dir
-        self._folder: Path | None = None
+        self.save_points, self.output_dir = save_points, output_dir  # None: the module's output_dir
 
-    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
-        self._folder = Path(self.output_dir or results.path.parent) / "critical_points"
-        if results.done({"image_id": image_id}):
-            return []
+    def run(self, prior: Prior, x: Tensor, image_id: str, todo: list[dict], item: dict | None = None) -> Iterator[dict]:
         q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
         x = x.to(torch.float64)
         res = find_critical_point(
@@ -93,13 +88,17 @@ class CriticalPointProbe(Probe):
             "potentials": pots,
         }
         if self.save_points:
-            folder = self._folder
+            folder = self._folder()
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {"image_id": image_id, "start": x.cpu(), "critical_point": res.x.cpu()}, folder / f"{image_id}.pt"
             )
-        results.append(row)
-        return [row]
+        yield row
+
+    def _folder(self) -> Path:
+        if self.output_dir is None:
+            raise ValueError("output_dir must be set before run (PriorEvaluationModule sets it), got None")
+        return Path(self.output_dir) / "critical_points"
 
     def summarize(self, rows: list[dict]) -> dict:
         out: dict = {}
@@ -139,7 +138,7 @@ class CriticalPointProbe(Probe):
         """Fig. 1: starts (top) and the critical points reached (bottom) of the first ``n`` saved points."""
         import matplotlib.pyplot as plt
 
-        folder = self._folder
+        folder = self._folder() if self.output_dir is not None else None
         files = [folder / f"{r['image_id']}.pt" for r in rows[:n]] if folder is not None else []
         files = [f for f in files if f.is_file()]
         if not files:
@@ -180,9 +179,7 @@ class HessianSpectrumProbe(Probe):
         self.method, self.k, self.threshold = method, int(k), float(threshold)
         self.descent_steps, self.eta, self.points = int(descent_steps), eta, points
 
-    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
-        if results.done({"image_id": image_id}):
-            return []
+    def run(self, prior: Prior, x: Tensor, image_id: str, todo: list[dict], item: dict | None = None) -> Iterator[dict]:
         x = x.to(torch.float64)
         if self.points is not None:
             file = Path(self.points) / f"{image_id}.pt"
@@ -200,8 +197,7 @@ class HessianSpectrumProbe(Probe):
             "products": res.products,
             "singular_values": res.singular_values.tolist(),
         }
-        results.append(row)
-        return [row]
+        yield row
 
     def summarize(self, rows: list[dict]) -> dict:
         rows = [r for r in rows if "dimension" in r]
@@ -272,15 +268,11 @@ class ProfileProbe(Probe):
             for s in self.sigma_ys or [0.0]
         ]
 
-    def run(self, prior: Prior, x: Tensor, image_id: str, results: ResultsFile, item: dict | None = None) -> list[dict]:
-        todo = [key for key in self.row_keys(image_id) if not results.done(key)]
-        if not todo:  # a resumed run: not even the descent to a critical point
-            return []
+    def run(self, prior: Prior, x: Tensor, image_id: str, todo: list[dict], item: dict | None = None) -> Iterator[dict]:
         x = x.to(torch.float64)
         if self.descent_steps:
             x = find_critical_point(prior, x, eta=self.eta, steps=self.descent_steps).x
         q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
-        rows = []
         for key in todo:
             fam, sigma_y = self.families[key["family"]], key["sigma_y"]
             if sigma_y == 0.0:
@@ -300,9 +292,7 @@ class ProfileProbe(Probe):
                 "local_min_near_truth": prof.local_min_near_truth,
                 "depth": prof.depth,
             }
-            results.append(row)
-            rows.append(row)
-        return rows
+            yield row
 
     def summarize(self, rows: list[dict]) -> dict:
         return {

@@ -1,0 +1,68 @@
+"""The probe protocol as PriorEvaluationModule runs it: only missing keys reach a probe, rows land as they
+are yielded, a failing input becomes error rows and the run goes on."""
+
+import torch
+
+from lit_blind.modules import PriorEvaluationModule
+from lit_blind.priors import GaussianPrior
+from lit_blind.probes import Probe
+from lit_blind.results import ResultsFile
+
+
+class ThreeRows(Probe):
+    """Rows a, b, c per image; image 'bad' fails after its first row."""
+
+    key = ("image_id", "part")
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def row_keys(self, image_id):
+        return [{"image_id": image_id, "part": p} for p in "abc"]
+
+    def run(self, prior, x, image_id, todo, item=None):
+        self.calls.append([k["part"] for k in todo])
+        for n, key in enumerate(todo):
+            if image_id == "bad" and n == 1:
+                raise FloatingPointError("score is NaN")
+            yield key | {"value": float(x.sum())}
+
+    def summarize(self, rows):
+        return {}
+
+
+def _module(tmp_path, probe):
+    module = PriorEvaluationModule(GaussianPrior(), probe, str(tmp_path))
+    module.results = ResultsFile(tmp_path, key=probe.key)
+    return module
+
+
+def test_only_missing_keys_reach_the_probe_and_failures_become_error_rows(tmp_path):
+    probe = ThreeRows()
+    module = _module(tmp_path, probe)
+    module.results.append({"image_id": "good", "part": "b", "value": -1.0})  # a resumed run
+    x = torch.ones(1, 1, 2, 2)
+    rows = module._run_probe(x, "good", {})
+    assert probe.calls == [["a", "c"]] and [r["part"] for r in rows] == ["a", "c"]
+    rows = module._run_probe(x, "bad", {})
+    assert [(r["part"], "error" in r) for r in rows] == [("a", False), ("b", True), ("c", True)]
+    assert rows[1]["error"] == "FloatingPointError: score is NaN"
+    assert module._run_probe(x, "good", {}) == [] and len(probe.calls) == 2  # nothing left: not even called
+    stored = ResultsFile(tmp_path, key=probe.key).rows()
+    assert len(stored) == 6 and sum("error" in r for r in stored) == 2
+
+
+def test_a_probe_gets_the_run_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from lit_blind.probes import CriticalPointProbe
+
+    probe = CriticalPointProbe(steps=2, record_every=1, exact=True)
+    module = PriorEvaluationModule(GaussianPrior(), probe, str(tmp_path))
+    module._trainer = SimpleNamespace(
+        world_size=1, test_dataloaders=None, strategy=SimpleNamespace(barrier=lambda: None)
+    )
+    module.on_test_start()
+    assert probe.output_dir == tmp_path
+    (row,) = module._run_probe(torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), "img", {})
+    assert (tmp_path / "critical_points" / "img.pt").is_file() and row["grad_norm"] >= 0
