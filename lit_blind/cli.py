@@ -33,6 +33,7 @@ COMMANDS = (
     ("test", "LightningCLI: run an experiment or benchmark probe (--config configs/experiments|benchmarks/...)"),
     ("predict", "LightningCLI: predict with a model (--config ...)"),
 )
+TRAINER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "trainer"
 SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
 
 # flag, type, default, help of the options that only Algorithms 1-2 read (None on the parser: an explicit value
@@ -479,14 +480,12 @@ def lightning_main(args: list[str] | None) -> int:
 def run_lightning_cli(args: list[str] | None):
     """LightningCLI on ``args`` (``None``: the command line); returns the ``LightningCLI``.
 
-    The module's ``output_dir``, when it has one, is the one place a run writes to: the trainer's
-    ``default_root_dir``, a TensorBoard/CSV logger's ``save_dir`` and the ``dirpath`` of a ``ModelCheckpoint``
-    that names none (``output_dir/checkpoints``) follow it, so ``--model.init_args.output_dir`` moves everything. A
-    ``PriorEvaluationModule`` under ``test`` runs without Lightning's ``DistributedSampler``: the module deals
-    out the images still to do itself, which keeps every process busy in a resumed run.
+    ``configs/trainer/default.yaml`` (every subcommand) and ``configs/trainer/test.yaml`` (``test``) are read
+    before the ``--config`` files, which override them. The module's ``output_dir``, when it has one, is the
+    one place a run writes to: the trainer's ``default_root_dir``, a TensorBoard/CSV logger's ``save_dir`` and
+    the ``dirpath`` of a ``ModelCheckpoint`` that names none (``output_dir/checkpoints``) follow it, so
+    ``--model.init_args.output_dir`` moves everything.
     """
-    import importlib
-
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -509,15 +508,10 @@ def run_lightning_cli(args: list[str] | None):
                 raise _config_error(err, self.config[self.subcommand]) from err
 
         def before_instantiate_classes(self) -> None:
-            from lit_blind.modules import PriorEvaluationModule
+            _follow_output_dir(self.config[self.subcommand])
 
-            config = self.config[self.subcommand]
-            _follow_output_dir(config)
-            module, _, name = str(config.model.class_path).rpartition(".")
-            if self.subcommand == "test" and module:
-                if issubclass(getattr(importlib.import_module(module), name), PriorEvaluationModule):
-                    config.trainer.use_distributed_sampler = False
-
+    defaults = {sub: [TRAINER_CONFIGS / "default.yaml"] for sub in LIGHTNING_SUBCOMMANDS}
+    defaults["test"].append(TRAINER_CONFIGS / "test.yaml")
     return LitBlindCLI(
         pl.LightningModule,
         pl.LightningDataModule,
@@ -525,6 +519,9 @@ def run_lightning_cli(args: list[str] | None):
         subclass_mode_data=True,
         save_config_callback=SaveConfigToOutputDir,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+        parser_kwargs={
+            sub: {"default_config_files": [str(f) for f in files if f.is_file()]} for sub, files in defaults.items()
+        },
         args=args,
     )
 

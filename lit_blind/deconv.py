@@ -153,18 +153,6 @@ def _run(
     return DeblurResult(image=x.detach(), kernel=fam(theta).detach(), theta=theta, history=hist)
 
 
-def _padded(fn, prior: Prior, x: Tensor, sigma: float) -> Tensor:
-    """Evaluate ``fn(x, σ)`` of a network that needs sides divisible by ``prior.multiple``: reflect-pad x up to
-    the next multiple, then crop the output (the image of a blind problem may have any size; the potential
-    engine never pads)."""
-    m = getattr(prior, "multiple", 1)
-    ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
-    if ph == 0 and pw == 0:
-        return fn(x, sigma)
-    xp = F.pad(x, (0, pw, 0, ph), mode="reflect")
-    return fn(xp, sigma)[..., : x.shape[-2], : x.shape[-1]]
-
-
 def proximal_gradient_step(
     prior, y, sigma_y, K_x, gamma_x, sigma_eps=None, boundary="circular", cg_tol=1e-5, cg_max_iter=100
 ):
@@ -176,7 +164,7 @@ def proximal_gradient_step(
     def image_step(x: Tensor, h: Tensor) -> Tensor:
         for _ in range(int(K_x)):
             with torch.no_grad():
-                z = x + gamma_x * sigma_y**2 * _padded(prior.score, prior, x, sigma_eps)
+                z = x + gamma_x * sigma_y**2 * prior.score_padded(x, sigma_eps)
             x = prox_data(z, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol)
         return x
 
@@ -194,7 +182,7 @@ def douglas_rachford_step(
     def image_step(x: Tensor, h: Tensor) -> Tensor:
         for _ in range(int(K_x)):
             with torch.no_grad():
-                z = _padded(prior.denoise, prior, x, sigma_d)
+                z = prior.denoise_padded(x, sigma_d)
             x = x + prox_data(2 * z - x, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol) - z
         return x
 

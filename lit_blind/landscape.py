@@ -93,7 +93,7 @@ class _Operator:
     def __init__(self, prior: Prior, x: Tensor, sigma: float) -> None:
         self.prior, self.sigma, self.shape = prior, sigma, x.shape
         self.x = x.detach().to(torch.float64)
-        self.symmetric = hasattr(prior, "hvp")
+        self.symmetric = prior.has_hvp
         self.d = x[0].numel()
         self.products = 0
 

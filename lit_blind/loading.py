@@ -451,9 +451,9 @@ class LoadedPrior(Prior):
         kw = {k: v for k, v in kw.items() if v not in (None, False)}
         self.inner = load_prior(spec, **kw, **(options or {}))
         self.spec = spec
-        for name in ("channels", "image_size", "sigma_min", "sigma_max", "sigma_range_strict"):
+        for name in ("channels", "image_size", "sigma_min", "sigma_max", "sigma_range_strict", "multiple"):
             setattr(self, name, getattr(self.inner, name))
-        self.multiple = getattr(self.inner, "multiple", 1)
+        self.has_log_prob, self.has_hvp = self.inner.has_log_prob, self.inner.has_hvp
 
     def check_input(self, x, name: str = "x"):
         return self.inner.check_input(x, name)
@@ -466,3 +466,9 @@ class LoadedPrior(Prior):
 
     def terminal_log_prob(self, x):
         return self.inner.terminal_log_prob(x)
+
+    def log_prob(self, x, sigma):
+        return self.inner.log_prob(x, sigma)
+
+    def hvp(self, x, v, sigma):
+        return self.inner.hvp(x, v, sigma)

@@ -43,7 +43,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
-from lit_blind.deconv import DeblurResult, _padded
+from lit_blind.deconv import DeblurResult
 from lit_blind.physics import data_fidelity, prox_data
 from lit_blind.priors import Prior
 
@@ -154,11 +154,11 @@ def _hqs_prox(z: Tensor, y: Tensor, h: Tensor, rho: float) -> Tensor:
 
 
 def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
-    """D(x, σ) in the prior's dtype (padded to its size multiple by :func:`~lit_blind.deconv._padded`), returned in
+    """D(x, σ) in the prior's dtype (padded to its size multiple by :meth:`~lit_blind.priors.Prior.denoise_padded`), returned in
     x's dtype; a non-finite output is an error naming the step."""
     p = next(prior.parameters(), None)
     with torch.no_grad():
-        z = _padded(prior.denoise, prior, x.to(p.dtype) if p is not None else x, sigma).to(x.dtype)
+        z = prior.denoise_padded(x.to(p.dtype) if p is not None else x, sigma).to(x.dtype)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"image step: the prior's denoiser returned non-finite values at sigma={sigma:.4g}")
     return z

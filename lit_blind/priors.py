@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_blind._checks import check_image, check_positive, sigma_tensor
@@ -38,6 +39,11 @@ class Prior(nn.Module):
     ``sigma_range_strict`` is True for learned priors: they only know σ ∈ [sigma_min, sigma_max] and any
     other σ raises ``ValueError``. Analytic priors are exact at every σ > 0 and set it to False; their
     [sigma_min, sigma_max] then only gives the defaults of the potential engine (σ_ε and the terminal σ).
+
+    Declared capabilities, so that consumers never ask which object they hold: ``multiple`` (height and
+    width must be divisible by it, e.g. a UNet's down-sampling; :meth:`denoise_padded` / :meth:`score_padded`
+    take any size), ``has_log_prob`` (an exact :meth:`log_prob`) and ``has_hvp`` (exact Hessian-vector
+    products :meth:`hvp`), both False unless a subclass provides them.
     """
 
     channels: int = 1
@@ -45,6 +51,9 @@ class Prior(nn.Module):
     sigma_min: float = 0.01
     sigma_max: float = 100.0
     sigma_range_strict: bool = True
+    multiple: int = 1
+    has_log_prob: bool = False
+    has_hvp: bool = False
 
     # -- public, validated entry points -------------------------------------------------------------
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -56,6 +65,23 @@ class Prior(nn.Module):
         r"""Tweedie denoiser :math:`D(x, \sigma) = x + \sigma^2 s(x, \sigma)`, same shape as ``x``."""
         x = self.check_input(x)
         return self._denoise(x, self._sigma(sigma, x))
+
+    def score_padded(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """:meth:`score` of an image of any size (see :meth:`denoise_padded`)."""
+        return self._padded(self.score, x, sigma)
+
+    def denoise_padded(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """:meth:`denoise` of an image of any size: reflect-padded up to the next ``multiple``, the output
+        cropped back (the image of a blind problem may have any size; the potential engine never pads)."""
+        return self._padded(self.denoise, x, sigma)
+
+    def log_prob(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """Exact log p_σ(x) per image; only where ``has_log_prob`` (else the potential engine estimates it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact log_prob (has_log_prob is False)")
+
+    def hvp(self, x: Tensor, v: Tensor, sigma: float | Tensor) -> Tensor:
+        """Exact ∇²log p_σ(x) v; only where ``has_hvp`` (else landscape uses Jacobian-vector products)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact hvp (has_hvp is False)")
 
     def terminal_log_prob(self, x: Tensor) -> Tensor:
         r"""log p_{σ_max}(x) per image, the end point of the probability-flow ODE.
@@ -91,6 +117,13 @@ class Prior(nn.Module):
         return x + sigma**2 * self._score(x, sigma)
 
     # -- helpers --------------------------------------------------------------------------------------
+    def _padded(self, fn, x: Tensor, sigma: float | Tensor) -> Tensor:
+        m = self.multiple
+        ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
+        if ph == 0 and pw == 0:
+            return fn(x, sigma)
+        return fn(F.pad(x, (0, pw, 0, ph), mode="reflect"), sigma)[..., : x.shape[-2], : x.shape[-1]]
+
     def _sigma(self, sigma: float | Tensor, x: Tensor) -> Tensor:
         s = sigma_tensor(sigma, x.shape[0], x)
         if self.sigma_range_strict:
@@ -131,6 +164,7 @@ class GaussianPrior(Prior):
     """
 
     sigma_range_strict = False
+    has_log_prob = has_hvp = True
 
     def __init__(
         self,
@@ -205,6 +239,7 @@ class GaussianMixturePrior(Prior):
     """
 
     sigma_range_strict = False
+    has_log_prob = has_hvp = True
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ class _ManifoldPrior(Prior):
     σ²∇²q has m eigenvalues σ²/(s² + b + σ²) and d − m equal to σ²/(s² + σ²): a known count, a clear gap."""
 
     sigma_range_strict = False
+    has_hvp = True
 
     def __init__(self, u, s=0.1, b=1e3):
         super().__init__()

@@ -148,3 +148,34 @@ def test_default_prior_tweedie_roundtrip():
     p = _StrictPrior()
     x = torch.rand(2, 1, 8, 8, dtype=D)
     torch.testing.assert_close(p.denoise(x, 0.5), x - 0.25 * x / 1.25)
+
+
+def test_capabilities_are_declared_and_forwarded_by_loaded_prior(gen):
+    from lit_blind.loading import LoadedPrior
+    from lit_blind.testing import tiny_unet_prior
+
+    x = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    loaded, exact = LoadedPrior("gaussian"), GaussianPrior()
+    assert loaded.has_log_prob and loaded.has_hvp and loaded.multiple == 1
+    torch.testing.assert_close(loaded.log_prob(x, 0.1), exact.log_prob(x, 0.1))
+    torch.testing.assert_close(loaded.hvp(x, v, 0.1), exact.hvp(x, v, 0.1))
+    net = tiny_unet_prior()
+    assert not net.has_log_prob and not net.has_hvp and net.multiple > 1
+    with pytest.raises(NotImplementedError, match="has_log_prob is False"):
+        net.log_prob(x.float(), 0.1)
+
+
+def test_padded_evaluation_takes_any_size(gen):
+    from lit_blind.testing import tiny_unet_prior
+
+    prior = tiny_unet_prior()
+    m = prior.multiple
+    x = torch.rand(1, 1, 3 * m + 1, 2 * m + 3, generator=gen)
+    with pytest.raises(ValueError, match="divisible"):
+        prior.denoise(x, 0.1)
+    ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
+    padded = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+    expected = prior.denoise(padded, 0.1)[..., : x.shape[-2], : x.shape[-1]]
+    torch.testing.assert_close(prior.denoise_padded(x, 0.1), expected)
+    torch.testing.assert_close(prior.score_padded(x, 0.1), (expected - x) / 0.1**2, rtol=1e-4, atol=1e-3)

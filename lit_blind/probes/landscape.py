@@ -41,7 +41,7 @@ class _Potential:
         self.gen_args = (seed, image_id)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.exact and hasattr(self.prior, "log_prob"):
+        if self.exact and self.prior.has_log_prob:
             return -self.prior.log_prob(x, self.prior.sigma_min)
         u = rademacher((1, 1, *x.shape[1:]), image_generator(*self.gen_args), device=x.device)
         return potential(self.prior, x, probes=u, **self.kw).value
