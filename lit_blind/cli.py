@@ -477,8 +477,9 @@ def lightning_main(args: list[str] | None) -> int:
     return 0
 
 
-def run_lightning_cli(args: list[str] | None):
-    """LightningCLI on ``args`` (``None``: the command line); returns the ``LightningCLI``.
+def run_lightning_cli(args: list[str] | None, run: bool = True):
+    """LightningCLI on ``args`` (``None``: the command line); returns the ``LightningCLI``. ``run=False``
+    (``args`` without a subcommand) only parses the configs and instantiates the trainer, model and data.
 
     ``configs/trainer/default.yaml`` (every subcommand) and ``configs/trainer/test.yaml`` (``test``) are read
     before the ``--config`` files, which override them. The module's ``output_dir``, when it has one, is the
@@ -505,13 +506,17 @@ def run_lightning_cli(args: list[str] | None):
             try:
                 super().instantiate_classes()
             except ValueError as err:
-                raise _config_error(err, self.config[self.subcommand]) from err
+                raise _config_error(err, self._config()) from err
 
         def before_instantiate_classes(self) -> None:
-            _follow_output_dir(self.config[self.subcommand])
+            _follow_output_dir(self._config())
+
+        def _config(self):
+            return self.config[self.subcommand] if self.subcommand else self.config
 
     defaults = {sub: [TRAINER_CONFIGS / "default.yaml"] for sub in LIGHTNING_SUBCOMMANDS}
     defaults["test"].append(TRAINER_CONFIGS / "test.yaml")
+    parser_kwargs = {sub: {"default_config_files": [str(f) for f in fs if f.is_file()]} for sub, fs in defaults.items()}
     return LitBlindCLI(
         pl.LightningModule,
         pl.LightningDataModule,
@@ -519,9 +524,8 @@ def run_lightning_cli(args: list[str] | None):
         subclass_mode_data=True,
         save_config_callback=SaveConfigToOutputDir,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-        parser_kwargs={
-            sub: {"default_config_files": [str(f) for f in files if f.is_file()]} for sub, files in defaults.items()
-        },
+        parser_kwargs=parser_kwargs if run else parser_kwargs["fit"],
+        run=run,
         args=args,
     )
 

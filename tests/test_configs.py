@@ -1,0 +1,33 @@
+"""Every YAML config of configs/experiments, configs/benchmarks and configs/fit parses and instantiates its
+trainer, model and data (a new config is tested without a new test); partial configs are stacked on the
+config their header names. The runs themselves are smoke-tested in test_experiments, test_blind_module,
+test_fit and test_landscape."""
+
+from pathlib import Path
+
+import pytest
+
+from lit_blind.cli import run_lightning_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for d in ("experiments", "benchmarks", "fit") for p in (ROOT / "configs" / d).glob("*.yaml"))
+ON_TOP_OF = {  # a partial config -> the config it overrides (see its first lines)
+    "hessian_at_critical_points": "experiments/hessian_spectrum.yaml",
+    "levin09_em": "benchmarks/levin09.yaml",
+    "levin09_ffdnet": "benchmarks/levin09.yaml",
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_instantiates(config, tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data paths resolve from any directory
+    stack = [ROOT / "configs" / ON_TOP_OF[config.stem]] if config.stem in ON_TOP_OF else []
+    args = [a for c in [*stack, config] for a in ("--config", str(c))]
+    args += ["--trainer.accelerator", "cpu", "--model.init_args.output_dir", str(tmp_path / "out")]
+    if config.stem == "hessian_at_critical_points":
+        (tmp_path / "points").mkdir()
+        args += ["--model.init_args.probe.init_args.points", str(tmp_path / "points")]
+    cli = run_lightning_cli(args, run=False)
+    assert cli.model.output_dir is not None and cli.trainer.default_root_dir == str(tmp_path / "out")
+    assert cli.trainer.logger is None or cli.trainer.logger.save_dir == str(tmp_path / "out")
+    assert not (tmp_path / "outputs").exists()
