@@ -143,31 +143,6 @@ def test_levin_data_module(shared_data):
     assert abs(batch["kernel"].sum().item() - 1) < 1e-9 and batch["image_id"] == ["im2_kernel4"]
 
 
-def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
-    from lit_blind.data import LevinDataModule
-    from lit_blind.loading import load_prior
-    from lit_blind.probes import DeblurProbe
-
-    with pytest.raises(ValueError, match="scales=1"):
-        DeblurProbe(inits=["oracle"], scales=2)
-    dm = LevinDataModule(root=str(shared_data / "levin09"), images=[1], kernels=[3])
-    dm.setup()
-    item = dm.items[0]
-    prior = load_prior("natural-gray-small")
-    extra = {"sharp": item["sharp"][None], "kernel": item["kernel"][None]}
-    held = DeblurProbe(inits=["oracle"], K=1, K_x=1, theta_start=1)  # the kernel is never stepped
-    held.output_dir = tmp_path / "held"
-    (row,) = held.run(prior, item["image"][None], "im1_kernel3", held.row_keys("im1_kernel3"), item=extra)
-    assert row["kernel_error"] < 1e-9 and abs(row["error_ratio"] - 1) < 1e-3
-    assert (tmp_path / "held" / "estimates" / "im1_kernel3_oracle_kernel.npy").is_file()
-    assert (tmp_path / "held" / "estimates" / "im1_kernel3_true_kernel.npy").is_file()
-    # one outer iteration from x = y: the θ steps fit the kernel to a still blurry x and leave the truth
-    free = DeblurProbe(inits=["oracle"], K=1, K_x=1)
-    free.output_dir = tmp_path / "free"
-    (row,) = free.run(prior, item["image"][None], "im1_kernel3", free.row_keys("im1_kernel3"), item=extra)
-    assert row["kernel_error"] > 0.3 and row["no_blur_distance"] < 0.95
-
-
 def test_levin_em_config_smoke(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "lev_em"

@@ -1,6 +1,7 @@
 """The probe protocol as PriorEvaluationModule runs it: only missing keys reach a probe, rows land as they
 are yielded, a failing input becomes error rows and the run goes on."""
 
+import pytest
 import torch
 
 from lit_blind.modules import PriorEvaluationModule
@@ -66,3 +67,28 @@ def test_a_probe_gets_the_run_folder(tmp_path):
     assert probe.output_dir == tmp_path
     (row,) = module._run_probe(torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), "img", {})
     assert (tmp_path / "critical_points" / "img.pt").is_file() and row["grad_norm"] >= 0
+
+
+def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
+    from lit_blind.data import LevinDataModule
+    from lit_blind.loading import load_prior
+    from lit_blind.probes import DeblurProbe
+
+    with pytest.raises(ValueError, match="scales=1"):
+        DeblurProbe(inits=["oracle"], scales=2)
+    dm = LevinDataModule(root=str(shared_data / "levin09"), images=[1], kernels=[3])
+    dm.setup()
+    item = dm.items[0]
+    prior = load_prior("natural-gray-small")
+    extra = {"sharp": item["sharp"][None], "kernel": item["kernel"][None]}
+    held = DeblurProbe(inits=["oracle"], K=1, K_x=1, theta_start=1)  # the kernel is never stepped
+    held.output_dir = tmp_path / "held"
+    (row,) = held.run(prior, item["image"][None], "im1_kernel3", held.row_keys("im1_kernel3"), item=extra)
+    assert row["kernel_error"] < 1e-9 and abs(row["error_ratio"] - 1) < 1e-3
+    assert (tmp_path / "held" / "estimates" / "im1_kernel3_oracle_kernel.npy").is_file()
+    assert (tmp_path / "held" / "estimates" / "im1_kernel3_true_kernel.npy").is_file()
+    # one outer iteration from x = y: the θ steps fit the kernel to a still blurry x and leave the truth
+    free = DeblurProbe(inits=["oracle"], K=1, K_x=1)
+    free.output_dir = tmp_path / "free"
+    (row,) = free.run(prior, item["image"][None], "im1_kernel3", free.row_keys("im1_kernel3"), item=extra)
+    assert row["kernel_error"] > 0.3 and row["no_blur_distance"] < 0.95
