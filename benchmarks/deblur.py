@@ -15,19 +15,15 @@ evaluations. ``--paper-k`` shortens the paper schedule for a quick look (the pri
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lit_blind.data import embedded_image  # noqa: E402
-from lit_blind.deconv import alternating  # noqa: E402
-from lit_blind.kernels import family, uniform_kernel  # noqa: E402
-from lit_blind.metrics import kernel_error, psnr  # noqa: E402
-from lit_blind.physics import add_noise, adjoint, blur, prox_data  # noqa: E402
+from lit_blind.data import embedded_image
+from lit_blind.deconv import alternating
+from lit_blind.kernels import family, uniform_kernel
+from lit_blind.metrics import kernel_error, psnr
+from lit_blind.physics import add_noise, adjoint, blur, prox_data
 
 
 def bench_prox(size: int = 256) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lit_blind.priors import _frequency_grid
+from lit_blind.priors import frequency_grid
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
         means.append(float(crop.mean()))
         power = power + torch.fft.fft2(crop - crop.mean(), norm="ortho").abs() ** 2
     power = power / len(files)
-    w2 = _frequency_grid(n, n, None, torch.float64)
+    w2 = frequency_grid(n, n, None, torch.float64)
     mask = w2 > 0
     best = None
     for eps in [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.2, 0.3, 0.5, 1.0]:

@@ -12,17 +12,14 @@ dimension (#σ < threshold) of each.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_blind.io import data_path
+from lit_blind.landscape import find_critical_point, hessian_spectrum, math_attention
 
-from lit_blind.landscape import _math_attention, find_critical_point, hessian_spectrum  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = data_path("../shared/data")
 
 
 def points(prior, n: int) -> list[torch.Tensor]:
@@ -41,7 +38,7 @@ def paper_way(prior, x, sigma) -> tuple[torch.Tensor, float]:
     f = lambda z: z - prior.denoise(z, sigma).double()  # noqa: E731  (σ² ∇q)
     cols = []
     t0 = time.perf_counter()
-    with _math_attention():
+    with math_attention():
         for i in range(d):
             e = torch.zeros(d, dtype=torch.float64)
             e[i] = 1

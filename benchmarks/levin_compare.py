@@ -15,19 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_blind.data import LevinDataModule
+from lit_blind.io import data_path
+from lit_blind.kernels import dirac
+from lit_blind.metrics import error_ratio, kernel_error
 
-from lit_blind.data import LevinDataModule  # noqa: E402
-from lit_blind.kernels import dirac  # noqa: E402
-from lit_blind.metrics import error_ratio, kernel_error  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "levin09"
+SHARED = data_path("../shared/data") / "levin09"
 
 
 def reference_rows() -> dict[str, dict[str, dict]]:

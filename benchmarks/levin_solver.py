@@ -12,22 +12,19 @@ and the quadratic :func:`~lit_blind.metrics.nonblind_deconvolution`.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_blind.io import data_path
+from lit_blind.kernels import dirac
+from lit_blind.metrics import best_shift, nonblind_deconvolution, sparse_deconvolution
 
-from lit_blind.kernels import dirac  # noqa: E402
-from lit_blind.metrics import _best_shift, nonblind_deconvolution, sparse_deconvolution  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "levin09"
+SHARED = data_path("../shared/data") / "levin09"
 
 
 def ssd(est: torch.Tensor, sharp: torch.Tensor) -> float:
-    a, b = _best_shift(est, sharp, 5)
+    a, b = best_shift(est, sharp, 5)
     return (a - b).pow(2).sum().item()
 
 

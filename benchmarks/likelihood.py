@@ -16,19 +16,16 @@ q(h_θ ⋆ x) − q(x) with a fresh probe per call (the baseline's estimator) an
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_blind.data import embedded_image
+from lit_blind.io import data_path
+from lit_blind.likelihood import potential, rademacher
+from lit_blind.probes import BlurLikelihoodProbe
 
-from lit_blind.data import embedded_image  # noqa: E402
-from lit_blind.likelihood import potential, rademacher  # noqa: E402
-from lit_blind.probes import BlurLikelihoodProbe  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = data_path("../shared/data")
 
 
 def tiny_prior():

@@ -8,18 +8,16 @@ D(y, σ) = y + σ² s(y, σ)), FFDNet-gray at the same σ for natural images, an
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_blind.io import data_path
+from lit_blind.loading import load_prior
+from lit_blind.metrics import psnr
+from lit_blind.sampling import sample_ve
 
-from lit_blind.loading import load_prior  # noqa: E402
-from lit_blind.metrics import psnr  # noqa: E402
-from lit_blind.sampling import sample_ve  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = data_path("../shared/data")
 
 
 def held_out(kind: str, n: int) -> list[torch.Tensor]:

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_blind.io import data_path, read_levin_kernels
+from lit_blind.loading import load_prior
+from lit_blind.marginal import marginal_em
+from lit_blind.metrics import error_ratio, kernel_error
+from lit_blind.physics import add_noise, blur
+from lit_blind.priors import GaussianPrior
 
-from lit_blind.io import read_levin_kernels  # noqa: E402
-from lit_blind.loading import load_prior  # noqa: E402
-from lit_blind.marginal import marginal_em  # noqa: E402
-from lit_blind.metrics import error_ratio, kernel_error  # noqa: E402
-from lit_blind.physics import add_noise, blur  # noqa: E402
-from lit_blind.priors import GaussianPrior  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_path("../shared/data")
 IMAGES = ["test003", "test012", "test027", "test041", "test055", "test060", "test066", "test019"]
 CONFIGS = {
     "EM default (covariance on)": ("diffusion", {}),

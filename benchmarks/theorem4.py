@@ -7,16 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lit_blind.kernels import family  # noqa: E402
-from lit_blind.landscape import check_local_minimizer  # noqa: E402
-from lit_blind.loading import load_prior  # noqa: E402
+from lit_blind.kernels import family
+from lit_blind.landscape import check_local_minimizer
+from lit_blind.loading import load_prior
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from lit_blind.priors import Prior
 
 
 @contextmanager
-def _math_attention():
+def math_attention():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH):
@@ -121,14 +121,14 @@ class _Operator:
         return self._vjp(us, create_graph=False).reshape(u.shape)
 
     def _vjp(self, us: Tensor, create_graph: bool) -> Tensor:
-        with torch.enable_grad(), _math_attention():
+        with torch.enable_grad(), math_attention():
             xs = self.x.expand(us.shape[0], *self.shape[1:]).clone().requires_grad_(True)
             den = self.prior.denoise(xs, self.sigma).to(torch.float64)
             (g,) = torch.autograd.grad(den, xs, us, create_graph=create_graph)
         return us - g
 
     def _jvp(self, vs: Tensor) -> Tensor:
-        with torch.enable_grad(), _math_attention():
+        with torch.enable_grad(), math_attention():
             u = torch.zeros_like(vs, requires_grad=True)
             xs = self.x.expand(vs.shape[0], *self.shape[1:]).clone().requires_grad_(True)
             den = self.prior.denoise(xs, self.sigma).to(torch.float64)

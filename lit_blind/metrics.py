@@ -56,7 +56,7 @@ def kernel_error(h: Tensor, h_true: Tensor) -> float:
     return best / b.norm().item()
 
 
-def _best_shift(x: Tensor, ref: Tensor, max_shift: int) -> tuple[Tensor, Tensor]:
+def best_shift(x: Tensor, ref: Tensor, max_shift: int) -> tuple[Tensor, Tensor]:
     """x shifted by the integer shift that minimises the MSE to ref, both cropped by max_shift."""
     m = max_shift
     crop = (slice(None), slice(None), slice(m, x.shape[-2] - m), slice(m, x.shape[-1] - m))
@@ -74,7 +74,7 @@ def psnr(x: Tensor, ref: Tensor, max_shift: int = 5) -> float:
     """PSNR (dB, peak 1) after the best integer shift of at most ``max_shift`` pixels."""
     from deepinv.loss.metric import PSNR
 
-    xs, rs = _best_shift(check_image("x", x), check_image("ref", ref), max_shift)
+    xs, rs = best_shift(check_image("x", x), check_image("ref", ref), max_shift)
     return PSNR(max_pixel=1.0)(xs.float(), rs.float()).mean().item()
 
 
@@ -82,7 +82,7 @@ def ssim(x: Tensor, ref: Tensor, max_shift: int = 5) -> float:
     """SSIM after the best integer shift of at most ``max_shift`` pixels."""
     from deepinv.loss.metric import SSIM
 
-    xs, rs = _best_shift(check_image("x", x), check_image("ref", ref), max_shift)
+    xs, rs = best_shift(check_image("x", x), check_image("ref", ref), max_shift)
     return SSIM()(xs.float(), rs.float()).mean().item()
 
 
@@ -163,6 +163,6 @@ def error_ratio(y: Tensor, x_true: Tensor, h: Tensor, h_true: Tensor, max_shift:
     as the true kernel; ≤ 3 counts as a success)."""
     est = sparse_deconvolution(y, h, **solver)
     ref = sparse_deconvolution(y, h_true, **solver)
-    a, xa = _best_shift(est, x_true, max_shift)
-    b, xb = _best_shift(ref, x_true, max_shift)
+    a, xa = best_shift(est, x_true, max_shift)
+    b, xb = best_shift(ref, x_true, max_shift)
     return ((a - xa).pow(2).sum() / (b - xb).pow(2).sum()).item()

@@ -135,7 +135,7 @@ class Prior(nn.Module):
         return s
 
 
-def _frequency_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def frequency_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """|ω|² on the (h, w) DFT grid, ω in radians per pixel."""
     wy = 2 * math.pi * torch.fft.fftfreq(h, device=device, dtype=dtype)
     wx = 2 * math.pi * torch.fft.fftfreq(w, device=device, dtype=dtype)
@@ -189,7 +189,7 @@ class GaussianPrior(Prior):
 
     def spectrum(self, h: int, w: int, device=None, dtype=torch.float64) -> Tensor:
         """S(ω) on the (h, w) DFT grid: the eigenvalues of the covariance (per channel)."""
-        return self.scale * (self.eps + _frequency_grid(h, w, device, dtype)) ** (-self.alpha)
+        return self.scale * (self.eps + frequency_grid(h, w, device, dtype)) ** (-self.alpha)
 
     def _cov_power(self, x: Tensor, sigma: Tensor, power: float) -> Tensor:
         """(Σ + σ²I)^power x for a batch, by FFT."""
