@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from lit_blind.data import embedded_image
 from lit_blind.deconv import alternating
+from lit_blind.io import embedded_image
 from lit_blind.kernels import family, uniform_kernel
 from lit_blind.metrics import kernel_error, psnr
 from lit_blind.physics import add_noise, adjoint, blur, prox_data

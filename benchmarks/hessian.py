@@ -23,7 +23,7 @@ SHARED = data_path("../shared/data")
 
 
 def points(prior, n: int) -> list[torch.Tensor]:
-    from lit_blind.data import read_idx_images
+    from lit_blind.io import read_idx_images
 
     if (SHARED / "mnist").is_dir() and prior.channels == 1:
         x = read_idx_images(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:n]

@@ -20,8 +20,7 @@ import time
 
 import torch
 
-from lit_blind.data import embedded_image
-from lit_blind.io import data_path
+from lit_blind.io import data_path, embedded_image
 from lit_blind.likelihood import potential, rademacher
 from lit_blind.probes import BlurLikelihoodProbe
 
@@ -37,7 +36,7 @@ def tiny_prior():
 
 def images(prior_name: str, n: int) -> list[torch.Tensor]:
     if prior_name == "mnist-small" and (SHARED / "mnist").is_dir():
-        from lit_blind.data import read_idx_images
+        from lit_blind.io import read_idx_images
 
         x = read_idx_images(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:n]
         x = torch.nn.functional.pad((x.float() / 255 > 0.5).float()[:, None], (2, 2, 2, 2))

@@ -22,7 +22,7 @@ SHARED = data_path("../shared/data")
 
 def held_out(kind: str, n: int) -> list[torch.Tensor]:
     if kind == "mnist":
-        from lit_blind.data import read_idx_images
+        from lit_blind.io import read_idx_images
 
         x = read_idx_images(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:n]
         x = torch.nn.functional.pad((x.float() / 255 > 0.5).float()[:, None], (2, 2, 2, 2))

@@ -13,34 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_blind.io import IMAGE_SUFFIXES, data_path, read_image
-
-EMBEDDED = (
-    "camera",
-    "astronaut",
-    "coins",
-    "moon",
-    "page",
-    "text",
-    "brick",
-    "grass",
-    "gravel",
-    "coffee",
-    "chelsea",
-)
-
-
-def embedded_image(name: str, channels: int = 1) -> torch.Tensor:
-    """An image bundled with scikit-image (``skimage.data.<name>``) as ``(1, C, H, W)`` in [0, 1]."""
-    if name not in EMBEDDED:
-        raise ValueError(f"embedded image must be one of {EMBEDDED}, got {name!r}")
-    from skimage import data
-
-    a = torch.from_numpy(getattr(data, name)()).to(torch.float32) / 255
-    x = a[None, None] if a.ndim == 2 else a.permute(2, 0, 1)[None, :3]
-    if x.shape[1] != channels:
-        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(1, channels, *x.shape[-2:])
-    return x.contiguous()
+from lit_blind.io import EMBEDDED, IMAGE_SUFFIXES, data_path, embedded_image, read_idx_images, read_image
 
 
 class ImageDataset(Dataset):
@@ -165,22 +138,6 @@ class ImageDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()
-
-
-def read_idx_images(path: str | Path) -> torch.Tensor:
-    """An IDX3 image file (MNIST format, gzipped or not) as a uint8 tensor ``(N, H, W)``."""
-    import gzip
-
-    import numpy as np
-
-    path = Path(path)
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 16 or int.from_bytes(raw[:4], "big") != 2051:
-        raise ValueError(f"{path} must be an IDX3 image file (magic 2051), got magic {int.from_bytes(raw[:4], 'big')}")
-    n, h, w = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
-    if len(raw) != 16 + n * h * w:
-        raise ValueError(f"{path} is truncated: expected {16 + n * h * w} bytes, got {len(raw)}")
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w).copy())
 
 
 def _find_mnist(root: Path, split: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""Reading images and kernels into [0, 1] tensors, and writing results.
+"""Reading images (files, scikit-image's embedded photos, MNIST's IDX files) and kernels into tensors, and
+writing results.
 
 Images come back as ``(1, C, H, W)`` float32 in [0, 1]; kernels as ``(1, 1, k, k)`` float64 normalised to
 sum 1 in the **true-convolution** convention of :mod:`lit_blind.physics`. Files that store correlation
@@ -157,6 +158,50 @@ def read_image(path: str | Path, channels: int | None = None, key: str | None = 
         luma = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
         x = (x * luma).sum(1, keepdim=True) if channels == 1 else x.expand(1, 3, *x.shape[-2:])
     return x.contiguous()
+
+
+EMBEDDED = (
+    "camera",
+    "astronaut",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "brick",
+    "grass",
+    "gravel",
+    "coffee",
+    "chelsea",
+)
+
+
+def embedded_image(name: str, channels: int = 1) -> torch.Tensor:
+    """An image bundled with scikit-image (``skimage.data.<name>``) as ``(1, C, H, W)`` in [0, 1]; an RGB one
+    becomes gray as the mean of its channels (what every recorded result used; :func:`read_image` uses the
+    BT.601 luma of a file)."""
+    if name not in EMBEDDED:
+        raise ValueError(f"embedded image must be one of {EMBEDDED}, got {name!r}")
+    from skimage import data
+
+    a = torch.from_numpy(getattr(data, name)()).to(torch.float32) / 255
+    x = a[None, None] if a.ndim == 2 else a.permute(2, 0, 1)[None, :3]
+    if x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(1, channels, *x.shape[-2:])
+    return x.contiguous()
+
+
+def read_idx_images(path: str | Path) -> torch.Tensor:
+    """An IDX3 image file (MNIST format, gzipped or not) as a uint8 tensor ``(N, H, W)``."""
+    import gzip
+
+    path = Path(path)
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 16 or int.from_bytes(raw[:4], "big") != 2051:
+        raise ValueError(f"{path} must be an IDX3 image file (magic 2051), got magic {int.from_bytes(raw[:4], 'big')}")
+    n, h, w = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
+    if len(raw) != 16 + n * h * w:
+        raise ValueError(f"{path} is truncated: expected {16 + n * h * w} bytes, got {len(raw)}")
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w).copy())
 
 
 def _kernel_tensor(a: np.ndarray, path: Path, correlation: bool) -> Tensor:

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from lit_blind.api import deblur, initial_theta
-from lit_blind.data import embedded_image
 from lit_blind.deconv import alternating, douglas_rachford
+from lit_blind.io import embedded_image
 from lit_blind.kernels import dirac, family, uniform_kernel
 from lit_blind.metrics import kernel_error
 from lit_blind.physics import add_noise, blur, prox_data

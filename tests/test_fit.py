@@ -55,7 +55,8 @@ def test_mnist_data_module_reads_idx_and_binarizes(shared_data):
 
 
 def test_mnist_idx_errors(tmp_path):
-    from lit_blind.data import BinarizedMNISTDataModule, read_idx_images
+    from lit_blind.data import BinarizedMNISTDataModule
+    from lit_blind.io import read_idx_images
 
     with pytest.raises(ValueError, match="MNIST IDX"):
         BinarizedMNISTDataModule(root=str(tmp_path)).setup()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_blind.data import embedded_image
+from lit_blind.io import embedded_image
 from lit_blind.kernels import dirac, family
 from lit_blind.metrics import error_ratio, kernel_error, noise_level, nonblind_deconvolution, psnr, sparse_deconvolution
 from lit_blind.physics import blur
