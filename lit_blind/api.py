@@ -11,6 +11,8 @@ from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult, alternating, douglas_rachford
 from lit_blind.kernels import KernelFamily, OneParameterFamily, SimplexFamily, gaussian_kernel, uniform_kernel
 from lit_blind.kernels import family as make_family
+from lit_blind.loading import load_prior
+from lit_blind.marginal import marginal_em
 from lit_blind.priors import Prior
 
 INITS = ("large", "small")
@@ -102,8 +104,6 @@ def deblur(
         res.image, res.kernel
     """
     if isinstance(prior, str):
-        from lit_blind.loading import load_prior
-
         prior = load_prior(prior)
     if not isinstance(prior, Prior):
         raise ValueError(f"prior must be a Prior or a load_prior spec, got {type(prior).__name__}")
@@ -156,8 +156,6 @@ def deblur(
 def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options) -> DeblurResult:
     """``algorithm="em"``: :func:`~lit_blind.marginal.marginal_em` (free-form kernel, valid boundary, its own
     coarse-to-fine pyramid and initialisation)."""
-    from lit_blind.marginal import marginal_em
-
     if family != "simplex":
         raise ValueError(f"algorithm='em' estimates a free-form kernel: family must be 'simplex', got {family!r}")
     if boundary != "valid":

@@ -13,7 +13,18 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_blind.io import EMBEDDED, IMAGE_SUFFIXES, data_path, embedded_image, read_idx_images, read_image
+from lit_blind.io import (
+    EMBEDDED,
+    IMAGE_SUFFIXES,
+    data_path,
+    embedded_image,
+    read_idx_images,
+    read_image,
+    read_kernel,
+    read_levin_kernels,
+)
+from lit_blind.kernels import family
+from lit_blind.physics import add_noise, blur
 
 
 class ImageDataset(Dataset):
@@ -327,8 +338,6 @@ class BlurProblemsDataModule(pl.LightningDataModule):
         self.problems: dict | None = None
 
     def _kernel(self, spec) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-        from lit_blind.io import read_kernel
-        from lit_blind.kernels import family
 
         if isinstance(spec, str):
             return Path(spec).stem, read_kernel(spec), None
@@ -340,7 +349,6 @@ class BlurProblemsDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.problems is not None:
             return
-        from lit_blind.physics import add_noise, blur
 
         ids, ys, xs, hs, thetas, inits = [], [], [], [], [], []
         gen = torch.Generator().manual_seed(self.seed)
@@ -421,7 +429,6 @@ class LevinDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.items is not None:
             return
-        from lit_blind.io import read_levin_kernels
 
         ks = read_levin_kernels(self.root / "kernels" / "Levin09.mat")
         self.items = []

@@ -19,9 +19,14 @@ from pathlib import Path
 
 import torch
 
+from lit_blind.api import deblur
+from lit_blind.io import write_image
 from lit_blind.kernels import family
 from lit_blind.likelihood import potential, rademacher
-from lit_blind.physics import blur
+from lit_blind.loading import load_prior
+from lit_blind.marginal import marginal_em
+from lit_blind.metrics import kernel_error, psnr
+from lit_blind.physics import add_noise, blur
 from lit_blind.priors import GaussianPrior
 from lit_blind.results import ResultsFile, write_json
 
@@ -42,12 +47,6 @@ def run_deblur_demo(
     """The paper's Algorithm 1 from the large and the small initialisation on a motion-blurred embedded photo."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
-
-    from lit_blind.api import deblur
-    from lit_blind.io import write_image
-    from lit_blind.loading import load_prior
-    from lit_blind.metrics import kernel_error, psnr
-    from lit_blind.physics import add_noise
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,12 +100,6 @@ def run_em_demo(out: str | Path, prior_spec: str = "natural-gray-small", size: i
     (``size``² after a valid-boundary motion blur, 15×15 kernel, σ_y = 0.01), kernel estimated at 21×21; PSNR
     of the blurry and the deblurred image against the sharp one, a progress bar per EM iteration."""
     from tqdm import tqdm
-
-    from lit_blind.io import write_image
-    from lit_blind.loading import load_prior
-    from lit_blind.marginal import marginal_em
-    from lit_blind.metrics import kernel_error, psnr
-    from lit_blind.physics import add_noise
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_positive
 from lit_blind.kernels import KernelFamily, perturbed_kernel
-from lit_blind.physics import blur, data_fidelity, pinv
+from lit_blind.physics import adjoint, blur, data_fidelity, pinv
 from lit_blind.priors import Prior
 
 
@@ -321,7 +321,6 @@ def noisy_profile(
     from each start (``y``, ``pinv`` = H_θ⁻¹y with h + 1e-3δ), keeping the end point of lowest ℓ_y (q by
     ``potential_fn``). ``step`` is in units of 1/L with L = 1 + (σ_y/σ_ε)² (the Lipschitz bound).
     """
-    from lit_blind.physics import adjoint
 
     sigma = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
     for s in starts:

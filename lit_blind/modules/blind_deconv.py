@@ -18,6 +18,7 @@ from torch import nn
 
 from lit_blind.api import initial_theta
 from lit_blind.deconv import douglas_rachford_step, proximal_gradient_step, x_init
+from lit_blind.io import write_image
 from lit_blind.kernels import KernelFamily
 from lit_blind.metrics import kernel_error, psnr
 from lit_blind.physics import data_fidelity
@@ -113,7 +114,6 @@ class BlindDeconvModule(pl.LightningModule):
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        from lit_blind.io import write_image
 
         results = ResultsFile(self.output_dir, key=("problem",))
         h = self.family(self.theta).detach()

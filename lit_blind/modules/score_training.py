@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lit_blind.loading import save_diffusers_ve
 from lit_blind.priors import UNetScorePrior
 from lit_blind.sampling import sample_ve
 
@@ -111,7 +112,6 @@ class ScoreTrainingModule(pl.LightningModule):
 
     def export(self, directory: str | Path) -> None:
         """EMA weights via ``save_pretrained`` (safetensors) plus ``lit_blind_prior.json`` (σ range, units)."""
-        from lit_blind.loading import save_diffusers_ve
 
         save_diffusers_ve(self.ema, directory, self.sigma_min, self.sigma_max)
 
