@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["likelihood.py", "deblur.py", "hessian.py", "levin_solver.py", "synthetic_blind.py"]
+SCRIPTS = ["likelihood.py", "deblur.py", "hessian.py", "levin_solver.py", "synthetic_blind.py", "validation_cost.py"]
 
 if __name__ == "__main__":
     failed = 0

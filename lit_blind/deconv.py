@@ -29,7 +29,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.kernels import KernelFamily
-from lit_blind.physics import BOUNDARIES, data_fidelity, prox_data
+from lit_blind.physics import BOUNDARIES, data_fidelity, prox_data_unchecked
 from lit_blind.priors import Prior
 
 
@@ -161,11 +161,11 @@ def proximal_gradient_step(
     check_positive("gamma_x", gamma_x)
     sigma_eps = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
 
-    def image_step(x: Tensor, h: Tensor) -> Tensor:
+    def image_step(x: Tensor, h: Tensor) -> Tensor:  # inputs checked once by the caller; _run checks x per outer step
         for _ in range(int(K_x)):
             with torch.no_grad():
-                z = x + gamma_x * sigma_y**2 * prior.score_padded(x, sigma_eps)
-            x = prox_data(z, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol)
+                z = x + gamma_x * sigma_y**2 * prior._score_unchecked(x, sigma_eps)
+            x = prox_data_unchecked(z, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol)
         return x
 
     return image_step
@@ -179,11 +179,11 @@ def douglas_rachford_step(
     check_positive("gamma_x", gamma_x)
     sigma_d = prior.check_sigma(sigma_y if sigma_denoiser is None else sigma_denoiser, "sigma_denoiser")
 
-    def image_step(x: Tensor, h: Tensor) -> Tensor:
+    def image_step(x: Tensor, h: Tensor) -> Tensor:  # inputs checked once by the caller; _run checks x per outer step
         for _ in range(int(K_x)):
             with torch.no_grad():
-                z = prior.denoise_padded(x, sigma_d)
-            x = x + prox_data(2 * z - x, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol) - z
+                z = prior._denoise_unchecked(x, sigma_d)
+            x = x + prox_data_unchecked(2 * z - x, y, h, gamma_x, boundary, max_iter=cg_max_iter, tol=cg_tol) - z
         return x
 
     return image_step

@@ -80,7 +80,8 @@ class _Field:
         sigma = torch.exp(lam)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(with_div)
-            v = -(sigma**2).reshape(-1, 1, 1, 1) * self.prior.score(xg, sigma).to(torch.float64)
+            # unchecked: x and the σ range were validated by potential(); one finiteness check per evaluation
+            v = -(sigma**2).reshape(-1, 1, 1, 1) * self.prior._score_unchecked(xg, sigma).to(torch.float64)
             if not bool(torch.isfinite(v).all()):
                 raise NonFiniteScoreError(f"non-finite score at sigma in [{float(sigma.min())}, {float(sigma.max())}]")
             if not with_div:

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult
-from lit_blind.physics import data_fidelity, prox_data
+from lit_blind.physics import data_fidelity, prox_data_unchecked
 from lit_blind.priors import Prior
 
 
@@ -149,16 +149,16 @@ def gradient_covariance_trace(h: Tensor, shape: tuple[int, int], sigma: float, r
 
 def _hqs_prox(z: Tensor, y: Tensor, h: Tensor, rho: float) -> Tensor:
     """argmin_x ‖valid(h ⋆ x) − y‖² + ρ‖x − z‖²: :func:`~lit_blind.physics.prox_data` with γ = 1/ρ (CG from z,
-    30 iterations at most)."""
-    return prox_data(z, y, h, 1 / rho, "valid", max_iter=30, tol=1e-6)
+    30 iterations at most), unchecked: y was validated at the entry and every kernel step checks h."""
+    return prox_data_unchecked(z, y, h, 1 / rho, "valid", max_iter=30, tol=1e-6)
 
 
 def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
-    """D(x, σ) in the prior's dtype (padded to its size multiple by :meth:`~lit_blind.priors.Prior.denoise_padded`), returned in
-    x's dtype; a non-finite output is an error naming the step."""
+    """D(x, σ) in the prior's dtype, any size (σ was checked at the entry), returned in x's dtype; a non-finite
+    output is an error naming the step (one check per image step)."""
     p = next(prior.parameters(), None)
     with torch.no_grad():
-        z = prior.denoise_padded(x.to(p.dtype) if p is not None else x, sigma).to(x.dtype)
+        z = prior._denoise_unchecked(x.to(p.dtype) if p is not None else x, sigma).to(x.dtype)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"image step: the prior's denoiser returned non-finite values at sigma={sigma:.4g}")
     return z

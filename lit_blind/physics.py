@@ -128,6 +128,16 @@ def prox_data(
     g = torch.as_tensor(gamma, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1)
     if g.shape[0] not in (1, b) or not bool(torch.isfinite(g).all()) or bool((g <= 0).any()):
         raise ValueError(f"gamma must be a positive number or a tensor of shape ({b},), got {gamma!r}")
+    return prox_data_unchecked(z, y, h, g, boundary, max_iter, tol)
+
+
+def prox_data_unchecked(
+    z: Tensor, y: Tensor, h: Tensor, gamma: float | Tensor, boundary: str, max_iter: int = 500, tol: float = 1e-7
+) -> Tensor:
+    """:func:`prox_data` without validating its inputs (no host synchronisation): for the inner loops of the
+    blind algorithms, whose inputs were checked once at their entry. ``gamma``: a number or ``(B|1, 1, 1, 1)``."""
+    b = max(z.shape[0], y.shape[0], h.shape[0])
+    g = gamma
     z, y, h = _expand(z, b), _expand(y, b), _expand(h, b)
     if boundary == "circular":
         shape = tuple(z.shape[-2:])

@@ -116,6 +116,21 @@ class Prior(nn.Module):
     def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return x + sigma**2 * self._score(x, sigma)
 
+    # -- unchecked, for hot loops whose inputs and σ were validated once at their entry -----------------
+    def _score_unchecked(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """:meth:`score_padded` without validation or host synchronisation; σ a number or ``(B, 1, 1, 1)``."""
+        return self._padded(self._score, x, self._sigma_unchecked(sigma, x))
+
+    def _denoise_unchecked(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """:meth:`denoise_padded` without validation or host synchronisation."""
+        return self._padded(self._denoise, x, self._sigma_unchecked(sigma, x))
+
+    @staticmethod
+    def _sigma_unchecked(sigma: float | Tensor, x: Tensor) -> Tensor:
+        if isinstance(sigma, Tensor):
+            return sigma.to(x).reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
+        return torch.full((x.shape[0], 1, 1, 1), float(sigma), dtype=x.dtype, device=x.device)
+
     # -- helpers --------------------------------------------------------------------------------------
     def _padded(self, fn, x: Tensor, sigma: float | Tensor) -> Tensor:
         m = self.multiple
