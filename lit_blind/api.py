@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult, alternating, douglas_rachford
+from lit_blind.deconv import preset as preset_settings
 from lit_blind.kernels import KernelFamily, OneParameterFamily, SimplexFamily, gaussian_kernel, uniform_kernel
 from lit_blind.kernels import family as make_family
 from lit_blind.loading import load_prior
@@ -16,8 +17,6 @@ from lit_blind.marginal import marginal_em
 from lit_blind.priors import Prior
 
 INITS = ("large", "small")
-#: the paper's values (Algorithms 1–2) of the parameters that ``deblur`` leaves None
-PAPER_DEFAULTS = dict(sigma_y=0.01, K=400, K_x=100, gamma_theta=0.001, theta_steps=1, theta_start=0, R=100, scales=1)
 ALGORITHMS = ("em", "alternating", "drs")
 
 
@@ -71,6 +70,7 @@ def deblur(
     sigma_denoiser: float | None = None,
     family_kw: dict | None = None,
     scales: int | None = None,
+    preset: str | None = None,
     em_options: dict | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
@@ -78,11 +78,12 @@ def deblur(
 
     ``algorithm="em"`` (the default, for real photographs): :func:`~lit_blind.marginal.marginal_em`,
     coarse-to-fine EM with the prior's denoiser, valid boundary, options in ``em_options``; an RGB ``y`` with a
-    gray prior stays RGB. The parameters from ``theta0`` to ``scales`` belong to the paper's algorithms and
-    are an error with ``"em"``; left None they take the paper's values (``PAPER_DEFAULTS``, γ_x 0.01 / 1).
+    gray prior stays RGB. The parameters from ``theta0`` to ``preset`` belong to the paper's algorithms and
+    are an error with ``"em"``; left None they take the values of ``preset`` (:data:`lit_blind.deconv.PRESETS`:
+    ``"paper"``, the default, or ``"fast"``), where every default of Algorithms 1–2 is declared once.
 
     Otherwise minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
-    (``algorithm="alternating"``, γ_x = 0.01 by default) or Algorithm 2 (``"drs"``, γ_x = 1 by default) from
+    (``algorithm="alternating"``) or Algorithm 2 (``"drs"``) from
     the ``large`` (the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀
     (for the coarsest kernel when ``scales`` > 1).
     ``prior`` is a :class:`Prior` or a :func:`~lit_blind.loading.load_prior` spec.
@@ -110,7 +111,7 @@ def deblur(
     check_choice("algorithm", algorithm, ALGORITHMS)
     paper = dict(theta0=theta0, theta_ref=theta_ref, sigma_y=sigma_y, K=K, K_x=K_x, gamma_x=gamma_x)
     paper |= dict(gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R)
-    paper |= dict(sigma_denoiser=sigma_denoiser, family_kw=family_kw, scales=scales)
+    paper |= dict(sigma_denoiser=sigma_denoiser, family_kw=family_kw, scales=scales, preset=preset)
     if algorithm == "em":
         given = [name for name, v in paper.items() if v is not None]
         if given:
@@ -120,15 +121,17 @@ def deblur(
         raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
     y = check_image("y", y, channels=prior.channels)
     boundary = boundary or "circular"
-    filled = {name: default if paper[name] is None else paper[name] for name, default in PAPER_DEFAULTS.items()}
-    sigma_y, K, K_x, gamma_theta, theta_steps, theta_start, R, scales = filled.values()
+    defaults = preset_settings(preset or "paper", algorithm)
+    filled = {name: default if paper[name] is None else paper[name] for name, default in defaults.items()}
+    sigma_y, K, K_x, gamma_x, gamma_theta, theta_steps, theta_start, R, scales = (
+        filled[k]
+        for k in ("sigma_y", "K", "K_x", "gamma_x", "gamma_theta", "theta_steps", "theta_start", "R", "scales")
+    )
     check_positive("sigma_y", sigma_y)  # before it is divided per scale
     sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
     fam = make_family(family, size=sizes[0], **(family_kw or {}))
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
-    if gamma_x is None:
-        gamma_x = 0.01 if algorithm == "alternating" else 1.0
     common = dict(K=K, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, theta_steps=theta_steps)
     common |= dict(theta_start=theta_start, R=R, boundary=boundary)
     coarse, spent = [], {"score_evals": 0, "seconds": 0.0}

@@ -36,19 +36,24 @@ COMMANDS = (
 TRAINER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "trainer"
 SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
 
-# flag, type, default, help of the options that only Algorithms 1-2 read (None on the parser: an explicit value
-# with --algorithm em is an error, not silently ignored)
+# flag, type, help of the options that only Algorithms 1-2 read: None on the parser, the --preset's value when
+# not given (lit_blind.deconv.PRESETS, where every default lives once); an explicit value with --algorithm em is
+# an error, not silently ignored
 MAP_OPTIONS = [
-    ("--sigma-y", float, 0.01, f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force"),
-    ("--iterations", int, 40, "outer iterations K"),
-    ("--inner", int, 10, "image steps per outer iteration K_x"),
-    ("--reset", int, 100, "reset x to y every R iterations"),
-    ("--gamma-x", float, "0.1 alternating, 1.0 drs", "image step γ_x"),
-    ("--gamma-theta", str, "armijo", "θ step: a number (the paper: 0.001) or 'armijo'"),
-    ("--theta-steps", int, 5, "θ steps per outer iteration"),
-    ("--theta-start", int, 0, "outer iterations before the first kernel step"),
-    ("--scales", int, 1, "coarse-to-fine scales (simplex family), 1 = off"),
+    ("--sigma-y", float, f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force"),
+    ("--iterations", int, "outer iterations K"),
+    ("--inner", int, "image steps per outer iteration K_x"),
+    ("--reset", int, "reset x to y every R iterations"),
+    ("--gamma-x", float, "image step γ_x"),
+    ("--gamma-theta", str, "θ step: a number (the paper: 0.001) or 'armijo'"),
+    ("--theta-steps", int, "θ steps per outer iteration"),
+    ("--theta-start", int, "outer iterations before the first kernel step"),
+    ("--scales", int, "coarse-to-fine scales (simplex family), 1 = off"),
 ]
+PRESET_SETTINGS = dict(  # option dest -> lit_blind.deconv.preset key
+    sigma_y="sigma_y", iterations="K", inner="K_x", reset="R", gamma_x="gamma_x", gamma_theta="gamma_theta",
+    theta_steps="theta_steps", theta_start="theta_start", scales="scales",
+)  # fmt: skip
 # parameter names of the library's messages -> the flags a user typed
 FLAGS = {
     "kernel_size": "--kernel-size",
@@ -165,8 +170,15 @@ def deblur_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--force", action="store_true", help=f"accept --sigma-y outside (0, {SIGMA_Y_MAX}]")
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
-    for flag, typ, default, text in MAP_OPTIONS:
-        map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default: {default})")
+    map_only.add_argument(
+        "--preset",
+        default=None,
+        choices=["fast", "paper"],
+        help="the schedule the options below default to (lit_blind.deconv.PRESETS): fast (40 outer iterations, "
+        "Armijo θ steps) or paper (the paper's K = 400, K_x = 100) (default: fast)",
+    )
+    for flag, typ, text in MAP_OPTIONS:
+        map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default: from --preset)")
     return ap
 
 
@@ -176,12 +188,17 @@ def deblur_main(argv: list[str]) -> int:
         raise ValueError(f"--kernel-size must be an odd integer >= 3, got {args.kernel_size}")
     if args.algorithm == "em":
         given = [flag for flag, *_ in MAP_OPTIONS if getattr(args, _dest(flag)) is not None]
+        given += ["--preset"] if args.preset is not None else []
         if given:
             raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
     else:
-        for flag, _, default, _ in MAP_OPTIONS:
-            if getattr(args, _dest(flag)) is None and flag != "--gamma-x":
-                setattr(args, _dest(flag), default)
+        from lit_blind.deconv import preset
+
+        args.preset = args.preset or "fast"
+        defaults = preset(args.preset, args.algorithm)
+        for dest, key in PRESET_SETTINGS.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, defaults[key])
         if not (0 < args.sigma_y <= SIGMA_Y_MAX or (args.force and args.sigma_y > 0)):
             raise ValueError(
                 f"--sigma-y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1] (--force accepts more), "
@@ -343,7 +360,7 @@ def _deblur_map(args, y, prior, state: dict):
 
     from lit_blind.api import deblur
 
-    gamma_theta = args.gamma_theta if args.gamma_theta == "armijo" else float(args.gamma_theta)
+    gamma_theta = args.gamma_theta if args.gamma_theta == "armijo" else float(args.gamma_theta)  # a str if given
     with tqdm(total=args.iterations * args.scales, desc=f"deblur ({args.algorithm})", unit="it") as bar:
 
         def progress(s: dict) -> None:
@@ -363,7 +380,7 @@ def _deblur_map(args, y, prior, state: dict):
             K=args.iterations,
             K_x=args.inner,
             R=args.reset,
-            gamma_x=args.gamma_x if args.gamma_x is not None else (0.1 if args.algorithm == "alternating" else 1.0),
+            gamma_x=args.gamma_x,
             gamma_theta=gamma_theta,
             theta_steps=args.theta_steps,
             theta_start=args.theta_start,

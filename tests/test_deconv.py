@@ -184,3 +184,34 @@ def test_deblur_rejects_bad_images():
         deblur(torch.full((1, 1, 32, 32), float("nan")), GaussianPrior(), algorithm="alternating", K=1)
     with pytest.raises(ValueError, match="finite"):
         deblur(torch.full((1, 1, 32, 32), float("nan")), GaussianPrior())  # the default, EM
+
+
+def test_paper_preset_reproduces_the_engine_before_the_refactor():
+    """Regression reference: values printed by the separate loops of Algorithms 1–2 as they were before the
+    one-engine refactor (commit 17731a0 and earlier), on a fixed small problem; the paper preset is the default."""
+    from lit_blind.io import embedded_image
+
+    x = torch.nn.functional.adaptive_avg_pool2d(embedded_image("camera"), 32).double()
+    fam = family("motion", size=9, angle=30)
+    y = add_noise(blur(x, fam(torch.tensor([[3.0]], dtype=D))), 0.01, torch.Generator().manual_seed(0))
+    theta0 = torch.tensor([[1.0]], dtype=D)
+    a = alternating(y, GaussianPrior(), fam, theta0, sigma_y=0.01, K=5, K_x=3)
+    d = douglas_rachford(y, GaussianPrior(), fam, theta0, sigma_y=0.01, K=5, K_x=3)
+    fast = alternating(y, GaussianPrior(), fam, theta0, sigma_y=0.01, K=6, K_x=3, gamma_theta="armijo", theta_steps=3)
+    for res, theta, total in ((a, 0.9997571222129935, 518.2568436760355), (d, 0.9999272568306669, 518.2600352656658)):
+        assert res.theta.item() == pytest.approx(theta, rel=1e-12) and float(res.image.sum()) == pytest.approx(total)
+    assert fast.theta.item() == pytest.approx(0.18744549176561381, rel=1e-10)
+    assert fast.history["data_fidelity"][-1] == pytest.approx(4.335220118153256e-05, rel=1e-8)
+
+
+def test_presets_declare_every_default_once():
+    from lit_blind.deconv import PRESETS, preset
+
+    assert preset("paper", "alternating")["gamma_x"] == 0.01 and preset("paper", "drs")["gamma_x"] == 1.0
+    assert preset("fast", "alternating")["K"] == 40 and set(PRESETS["fast"]) == set(PRESETS["paper"])
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset("slow", "alternating")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        deblur(torch.rand(1, 1, 16, 16), GaussianPrior(), algorithm="alternating", kernel_size=5, preset="slow")
+    with pytest.raises(ValueError, match="preset apply to algorithm"):
+        deblur(torch.rand(1, 1, 16, 16), GaussianPrior(), kernel_size=5, preset="fast")

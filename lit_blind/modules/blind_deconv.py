@@ -1,11 +1,11 @@
 """``BlindDeconvModule``: Algorithms 1 and 2 as a resumable ``lit-blind fit`` (paper §5, app. B).
 
-One training step is one outer iteration for a whole batch of independent problems (image × kernel × init
-from ``BlurProblemsDataModule``): the image update of :mod:`lit_blind.deconv` (K_x steps, no optimizer), then
-one θ step by ``torch.optim.SGD`` at learning rate γ_θ (the paper's gradient step, so ``global_step`` counts
-outer iterations and ``max_steps`` = K) followed by the family's projection; x is reset to y every R
-iterations. x and θ are parameters, hence in every checkpoint: ``--ckpt_path`` resumes exactly. Run it in a
-single process: under DDP the θ gradients of different problems would be averaged.
+One training step is one outer iteration of :class:`lit_blind.deconv.OuterLoop` — the one engine that
+``deblur`` and the command line also run — for a whole batch of independent problems (image × kernel × init
+from ``BlurProblemsDataModule``), so ``global_step`` counts outer iterations and ``max_steps`` = K. Settings
+left None come from ``preset`` (:data:`lit_blind.deconv.PRESETS`, ``"paper"`` by default). x, θ and the
+Armijo step size are parameters and buffers, hence in every checkpoint: ``--ckpt_path`` resumes exactly.
+Run it in a single process (the problems are one batch).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_blind._checks import check_choice
 from lit_blind.api import initial_theta
-from lit_blind.deconv import douglas_rachford_step, proximal_gradient_step, x_init
+from lit_blind.deconv import IMAGE_STEPS, PRESETS, outer_loop, x_init
 from lit_blind.io import write_image
 from lit_blind.kernels import KernelFamily
 from lit_blind.metrics import kernel_error, psnr
@@ -33,27 +34,30 @@ class BlindDeconvModule(pl.LightningModule):
         self,
         prior: Prior,
         family: KernelFamily,
-        sigma_y: float = 0.01,
+        sigma_y: float | None = None,
         algorithm: str = "alternating",
-        K_x: int = 100,
+        K_x: int | None = None,
         gamma_x: float | None = None,
-        gamma_theta: float = 0.001,
-        R: int = 100,
+        gamma_theta: float | str | None = None,
+        theta_steps: int | None = None,
+        theta_start: int | None = None,
+        R: int | None = None,
         boundary: str = "circular",
         sigma_denoiser: float | None = None,
+        preset: str = "paper",
         eps_large: float = 0.15,
         eps_small: float = -0.1,
         log_every: int = 10,
         output_dir: str = "outputs/blind_deconv",
     ) -> None:
         super().__init__()
-        if algorithm not in ("alternating", "drs"):
-            raise ValueError(f"algorithm must be 'alternating' or 'drs', got {algorithm!r}")
+        check_choice("algorithm", algorithm, tuple(IMAGE_STEPS))
+        check_choice("preset", preset, tuple(PRESETS))
         self.automatic_optimization = False
-        self.prior, self.family = prior, family
-        self.sigma_y, self.algorithm, self.K_x, self.R, self.boundary = sigma_y, algorithm, K_x, R, boundary
-        self.gamma_x = (0.01 if algorithm == "alternating" else 1.0) if gamma_x is None else gamma_x
-        self.gamma_theta, self.sigma_denoiser = gamma_theta, sigma_denoiser
+        self.prior, self.family, self.algorithm, self.preset = prior, family, algorithm, preset
+        self.settings = dict(sigma_y=sigma_y, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, R=R)
+        self.settings |= dict(theta_steps=theta_steps, theta_start=theta_start, boundary=boundary)
+        self.sigma_denoiser = sigma_denoiser
         self.eps_large, self.eps_small, self.log_every = eps_large, eps_small, log_every
         self.output_dir = Path(output_dir)
 
@@ -66,36 +70,32 @@ class BlindDeconvModule(pl.LightningModule):
         for i, init in enumerate(self.problems["inits"]):
             ref = None if self.problems["theta_true"] is None else self.problems["theta_true"][i]
             thetas.append(initial_theta(self.family, init, ref, self.eps_large, self.eps_small))
-        self.x = nn.Parameter(x_init(y, self.family.size, self.boundary), requires_grad=False)
-        self.theta = nn.Parameter(torch.cat(thetas))
+        self.loop = outer_loop(
+            self.algorithm, y, self.prior, self.family, torch.cat(thetas), preset_name=self.preset, batch=True,
+            sigma_aux=self.sigma_denoiser, **self.settings,
+        )  # fmt: skip
+        self.x = nn.Parameter(x_init(y, self.family.size, self.settings["boundary"]), requires_grad=False)
+        self.theta = nn.Parameter(self.loop.theta.clone(), requires_grad=False)
+        self.register_buffer("theta_gamma", self.loop.theta_step.gamma.clone())
         self.register_buffer("y", y.clone(), persistent=False)
 
     def configure_optimizers(self):
-        return torch.optim.SGD([self.theta], lr=self.gamma_theta)
+        # the engine steps θ itself; under manual optimisation global_step counts optimizer steps, so an
+        # optimizer with nothing to update (no gradients, lr 0) counts the outer iterations
+        return torch.optim.SGD([self.theta], lr=0.0)
 
     def training_step(self, batch, batch_idx: int) -> None:
-        k = self.global_step
-        y = self.y
-        if k % self.R == 0:
-            self.x.data = x_init(y, self.family.size, self.boundary)
-        if self.algorithm == "alternating":
-            step = proximal_gradient_step(self.prior, y, self.sigma_y, self.K_x, self.gamma_x, None, self.boundary)
-        else:
-            step = douglas_rachford_step(
-                self.prior, y, self.sigma_y, self.K_x, self.gamma_x, self.sigma_denoiser, self.boundary
-            )
+        loop = self.loop  # its state from the parameters: exact after a resume from a checkpoint
+        loop.k, loop.x, loop.theta = self.global_step, self.x.data, self.theta.data
+        loop.theta_step.gamma = self.theta_gamma.clone()
+        info = loop.step()
+        self.x.data, self.theta.data = loop.x, loop.theta
+        self.theta_gamma.copy_(loop.theta_step.gamma)
+        self.optimizers().step()
         with torch.no_grad():
-            h = self.family(self.theta).to(y.dtype)
-        self.x.data = step(self.x.data, h)
-        opt = self.optimizers()
-        opt.zero_grad()
-        f = data_fidelity(self.x.data, y, self.family(self.theta), self.boundary)
-        self.manual_backward(f.sum())
-        opt.step()
-        with torch.no_grad():
-            self.theta.data = self.family.project(self.theta.data)
+            f = data_fidelity(loop.x, self.y, self.family(loop.theta).to(self.y.dtype), self.settings["boundary"])
         self.log("train/data_fidelity", f.mean(), prog_bar=True)
-        self._log_problems(k, h, f)
+        self._log_problems(info["iteration"], info["kernel"], f)
 
     def _log_problems(self, k: int, h, f) -> None:
         exp = getattr(self.logger, "experiment", None)
@@ -130,7 +130,8 @@ class BlindDeconvModule(pl.LightningModule):
             if not results.done(row):
                 results.append(row)
             rows.append(row)
-        summary = {"algorithm": self.algorithm, "family": type(self.family).__name__, "problems": rows}
+        summary = {"algorithm": self.algorithm, "preset": self.preset, "family": type(self.family).__name__}
+        summary["problems"] = rows
         for init in ("large", "small"):
             errs = [r["kernel_error"] for r in rows if r["init"] == init and "kernel_error" in r]
             if errs:

@@ -23,7 +23,8 @@ class DeblurProbe(Probe):
     """Blind deconvolution of each image against its ground truth (Levin et al. 2009 protocol).
 
     The item must carry ``sharp`` (1, C, H', W') and ``kernel`` (1, 1, k, k, true convolution). For each
-    init, :func:`~lit_blind.api.deblur` runs with the given settings; the row holds the Levin error ratio
+    init, :func:`~lit_blind.api.deblur` runs with the given settings (Algorithms 1–2: those left None from
+    ``preset``, ``"fast"`` by default; EM: ``em_options``); the row holds the Levin error ratio
     (:func:`~lit_blind.metrics.error_ratio`, same non-blind solver for both kernels), the kernel error, the
     PSNR of the estimate, its kernel error to the Dirac (the no-blur solution), score evaluations and seconds.
     The estimates are kept beside ``results.jsonl`` (``estimates/<image_id>_<init>_kernel.npy`` and
@@ -42,16 +43,17 @@ class DeblurProbe(Probe):
         algorithm: str = "alternating",
         kernel_size: int = 31,
         boundary: str = "valid",
-        sigma_y: float = 0.01,
-        K: int = 40,
-        K_x: int = 10,
-        gamma_x: float | None = 0.1,
-        gamma_theta: float | str = "armijo",
-        theta_steps: int = 5,
-        theta_start: int = 0,
-        R: int = 100,
+        sigma_y: float | None = None,
+        K: int | None = None,
+        K_x: int | None = None,
+        gamma_x: float | None = None,
+        gamma_theta: float | str | None = None,
+        theta_steps: int | None = None,
+        theta_start: int | None = None,
+        R: int | None = None,
         sigma_denoiser: float | None = None,
-        scales: int = 1,
+        scales: int | None = None,
+        preset: str | None = None,
         em_options: dict | None = None,
     ) -> None:
         for init in inits:
@@ -61,7 +63,7 @@ class DeblurProbe(Probe):
             raise ValueError(
                 "init 'oracle' starts Algorithm 1/2 from the true kernel; algorithm 'em' has no such start"
             )
-        if "oracle" in inits and scales != 1:
+        if "oracle" in inits and scales not in (None, 1):
             raise ValueError(f"init 'oracle' starts the finest scale: it needs scales=1, got scales={scales}")
         self.inits = list(inits)
         self.kw = dict(
@@ -78,8 +80,17 @@ class DeblurProbe(Probe):
             R=R,
             sigma_denoiser=sigma_denoiser,
             scales=scales,
+            preset=preset or "fast",
         )
-        if algorithm == "em":  # the EM engine has its own schedule: pass only what it reads
+        if algorithm == "em":  # the EM engine has its own schedule: Algorithm 1-2 settings are an error
+            given = [
+                k
+                for k, v in self.kw.items()
+                if v is not None and k not in ("algorithm", "kernel_size", "boundary", "preset")
+            ]
+            given += ["preset"] if preset is not None else []
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to algorithm 'alternating' / 'drs' only, not to 'em'")
             self.kw = dict(algorithm="em", kernel_size=kernel_size, boundary=boundary, em_options=em_options)
         elif em_options:
             raise ValueError(f"em_options apply to algorithm 'em' only, got algorithm={algorithm!r}")
