@@ -4,6 +4,13 @@ Loss (Song et al. 2021, continuous VE, λ(σ) = σ²): σ = σ_min (σ_max/σ_mi
 z ~ N(0, I), L = E ‖σ s_θ(x + σz, σ) + z‖² (mean over pixels). The UNet takes σ as a float tensor and
 outputs the score (Fourier time embedding, output divided by σ inside diffusers). An exponential moving
 average of the weights is kept in the checkpoint and used for validation, samples and export.
+
+The EMA is kept by hand rather than by Lightning's ``EMAWeightAveraging`` callback (Lightning 2.6): that
+callback applies one fixed decay from its first update, while score models are trained with the warm-up
+decay min(decay, (1 + t)/(10 + t)) of score_sde used here (without it the average is dominated by the random
+initial weights for ≈ 1/(1 − decay) steps: 1,000 steps at 0.999, a quarter of the small priors' training); it
+also swaps the averaged weights into the module for validation instead of keeping the EMA network beside the
+trained one, which export and the sample grids use, and the shipped checkpoints store ``ema.*`` weights.
 """
 
 from __future__ import annotations
