@@ -53,7 +53,7 @@ def deblur(
     prior: Prior | str,
     *,
     algorithm: str = "em",
-    family: str = "simplex",
+    family: str | KernelFamily = "simplex",
     kernel_size: int = 31,
     init: str = "large",
     boundary: str | None = None,
@@ -85,7 +85,8 @@ def deblur(
     Otherwise minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
     (``algorithm="alternating"``) or Algorithm 2 (``"drs"``) from
     the ``large`` (the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀
-    (for the coarsest kernel when ``scales`` > 1).
+    (for the coarsest kernel when ``scales`` > 1). ``family`` is a name of :func:`~lit_blind.kernels.family`
+    (sized by ``kernel_size``, options in ``family_kw``) or a :class:`~lit_blind.kernels.KernelFamily` instance.
     ``prior`` is a :class:`Prior` or a :func:`~lit_blind.loading.load_prior` spec.
 
     ``scales`` > 1 (simplex family only; beyond the paper): coarse to fine, as in classical blind
@@ -128,8 +129,15 @@ def deblur(
         for k in ("sigma_y", "K", "K_x", "gamma_x", "gamma_theta", "theta_steps", "theta_start", "R", "scales")
     )
     check_positive("sigma_y", sigma_y)  # before it is divided per scale
+    if isinstance(family, KernelFamily):  # an instance (e.g. injected by a config): its own size, one scale
+        if family_kw or scales != 1 or kernel_size not in (31, family.size):
+            raise ValueError(
+                f"family given as a {type(family).__name__} sets the kernel size ({family.size}) and its options: "
+                f"kernel_size, family_kw and scales > 1 need a family name, got {kernel_size}, {family_kw}, {scales}"
+            )
+        kernel_size = family.size
     sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
-    fam = make_family(family, size=sizes[0], **(family_kw or {}))
+    fam = family if isinstance(family, KernelFamily) else make_family(family, size=sizes[0], **(family_kw or {}))
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
     common = dict(K=K, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, theta_steps=theta_steps)

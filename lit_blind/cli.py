@@ -237,6 +237,13 @@ def deblur_main(argv: list[str]) -> int:
     prior = load_prior(args.prior, **({"kind": args.prior_kind} if args.prior_kind else {}))
     # EM keeps an RGB photo in colour with a gray prior (kernel on the luminance); Algorithms 1–2 convert
     y = y_file if args.algorithm == "em" else read_image(args.image, channels=prior.channels)
+    if y.shape[1] != y_file.shape[1]:
+        print(
+            f"lit-blind: warning: --algorithm {args.algorithm} works in the prior's {prior.channels} channel(s): the "
+            f"{y_file.shape[1]}-channel photo is converted and the result is {prior.channels}-channel "
+            "(--algorithm em keeps an RGB photo in colour)",
+            file=sys.stderr,
+        )
     state: dict = {}
     t0 = time.perf_counter()
     try:

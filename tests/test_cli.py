@@ -276,3 +276,12 @@ def test_a_bare_diffusers_state_dict_is_explained(photo, tmp_path, capsys):
     torch.save(tiny_unet().state_dict(), tmp_path / "unet.pth")
     assert main(["deblur", str(photo), "--prior", str(tmp_path / "unet.pth"), "--out", str(tmp_path / "o")]) == 2
     assert "diffusers UNet2DModel state dict without its architecture" in capsys.readouterr().err
+
+
+def test_map_algorithms_say_when_they_convert_an_rgb_photo(tmp_path, capsys):
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    write_image(tmp_path / "rgb.png", x)
+    args = ["--prior", "gaussian", "--algorithm", "alternating", "--kernel-size", "5", "--iterations", "1"]
+    assert main(["deblur", str(tmp_path / "rgb.png"), *args, "--inner", "1", "--out", str(tmp_path / "o")]) == 0
+    assert "the 3-channel photo is converted and the result is 1-channel" in capsys.readouterr().err
+    assert read_image(tmp_path / "o" / "deblurred.png").shape[1] == 1

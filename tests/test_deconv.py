@@ -215,3 +215,15 @@ def test_presets_declare_every_default_once():
         deblur(torch.rand(1, 1, 16, 16), GaussianPrior(), algorithm="alternating", kernel_size=5, preset="slow")
     with pytest.raises(ValueError, match="preset apply to algorithm"):
         deblur(torch.rand(1, 1, 16, 16), GaussianPrior(), kernel_size=5, preset="fast")
+
+
+def test_deblur_takes_a_family_instance():
+    x, prior = _pinned(32)
+    fam = family("motion", size=9, angle=30)
+    y = blur(x, fam(torch.tensor([[3.0]], dtype=D)))
+    kw = dict(algorithm="alternating", theta0=torch.tensor([[2.0]], dtype=D), K=3, K_x=2)
+    by_instance = deblur(y, prior, family=fam, **kw)
+    by_name = deblur(y, prior, family="motion", kernel_size=9, family_kw={"angle": 30}, **kw)
+    torch.testing.assert_close(by_instance.theta, by_name.theta)
+    with pytest.raises(ValueError, match="sets the kernel size"):
+        deblur(y, prior, family=fam, kernel_size=15, **kw)
