@@ -134,15 +134,6 @@ def test_levin_benchmark_config_smoke(tmp_path, shared_data, monkeypatch):
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
-def test_levin_data_module(shared_data):
-    from lit_blind.data import LevinDataModule
-
-    dm = LevinDataModule(root=str(shared_data / "levin09"), images=[2], kernels=[4, 5])
-    batch = next(iter(dm.test_dataloader()))
-    assert batch["image"].shape == (1, 1, 255, 255) and batch["kernel"].shape == (1, 1, 27, 27)
-    assert abs(batch["kernel"].sum().item() - 1) < 1e-9 and batch["image_id"] == ["im2_kernel4"]
-
-
 def test_levin_em_config_smoke(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "lev_em"
