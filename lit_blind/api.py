@@ -4,48 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
-from lit_blind._checks import check_choice, check_image, check_positive
-from lit_blind.deconv import DeblurResult, alternating, douglas_rachford
+from lit_blind._checks import check_choice, check_image
+from lit_blind.deconv import DeblurResult, coarse_to_fine
 from lit_blind.deconv import preset as preset_settings
-from lit_blind.kernels import KernelFamily, OneParameterFamily, SimplexFamily, gaussian_kernel, uniform_kernel
-from lit_blind.kernels import family as make_family
+from lit_blind.kernels import KernelFamily
 from lit_blind.loading import load_prior
 from lit_blind.marginal import marginal_em
 from lit_blind.priors import Prior
 
-INITS = ("large", "small")
 ALGORITHMS = ("em", "alternating", "drs")
-
-
-def initial_theta(
-    fam: KernelFamily,
-    init: str,
-    theta_ref: Tensor | None = None,
-    eps_large: float = 0.15,
-    eps_small: float = -0.1,
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """θ₀ of §5: ``large`` / ``small``.
-
-    * simplex: the uniform kernel / a Gaussian of std 1.5 px;
-    * with a reference θ̄ (parametric families, synthetic experiments): θ̄ + ε·sign(θ̄), ε = 0.15 / −0.1;
-    * 1-D families without θ̄: θ_max / 0.1·θ_max (the largest kernel / a small one);
-    * Zernike without θ̄: ``ValueError`` (the paper's initialisation is relative to θ̄).
-    """
-    check_choice("init", init, INITS)
-    if isinstance(fam, SimplexFamily):
-        h = uniform_kernel(fam.size, dtype) if init == "large" else gaussian_kernel(fam.size, 1.5, dtype)
-        return h.flatten(1)
-    if theta_ref is not None:
-        ref = torch.as_tensor(theta_ref, dtype=dtype).reshape(1, -1)
-        eps = eps_large if init == "large" else eps_small
-        return fam.project(ref + eps * torch.sign(ref))
-    if isinstance(fam, OneParameterFamily):
-        return torch.tensor([[fam.theta_max if init == "large" else 0.1 * fam.theta_max]], dtype=dtype)
-    raise ValueError(f"theta_ref (θ̄) or theta0 must be given to initialise the {type(fam).__name__}, got neither")
 
 
 def deblur(
@@ -128,7 +97,6 @@ def deblur(
         filled[k]
         for k in ("sigma_y", "K", "K_x", "gamma_x", "gamma_theta", "theta_steps", "theta_start", "R", "scales")
     )
-    check_positive("sigma_y", sigma_y)  # before it is divided per scale
     if isinstance(family, KernelFamily):  # an instance (e.g. injected by a config): its own size, one scale
         if family_kw or scales != 1 or kernel_size not in (31, family.size):
             raise ValueError(
@@ -136,32 +104,12 @@ def deblur(
                 f"kernel_size, family_kw and scales > 1 need a family name, got {kernel_size}, {family_kw}, {scales}"
             )
         kernel_size = family.size
-    sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
-    fam = family if isinstance(family, KernelFamily) else make_family(family, size=sizes[0], **(family_kw or {}))
-    theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
-    y = y.to(torch.float64)
-    common = dict(K=K, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, theta_steps=theta_steps)
-    common |= dict(theta_start=theta_start, R=R, boundary=boundary)
-    coarse, spent = [], {"score_evals": 0, "seconds": 0.0}
-    for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
-        if coarse:  # start from the coarser scale's kernel, upsampled
-            fam = make_family(family, size=size, **(family_kw or {}))
-            theta = fam.project(upsample_kernel(coarse[-1][1], size).flatten(1))
-        y_s = y if s == 0 else downsample(y, 2**s)
-        cb = None if callback is None else (lambda info, s=s: callback(info | {"scale": s}))
-        common |= dict(sigma_y=sigma_y / 2**s, callback=cb)
-        if algorithm == "alternating":
-            res = alternating(y_s, prior, fam, theta, **common)
-        else:
-            sd = None if sigma_denoiser is None else sigma_denoiser / 2**s
-            res = douglas_rachford(y_s, prior, fam, theta, sigma_denoiser=sd, **common)
-        for name in ("score_evals", "seconds"):  # counted from the start of the coarsest scale
-            res.history[name] = [v + spent[name] for v in res.history[name]]
-            spent[name] = res.history[name][-1]
-        coarse.append((size, res.kernel))
-    if scales > 1:
-        res.history["scales"] = coarse
-    return res
+    return coarse_to_fine(
+        algorithm, y, prior, family, kernel_size, init=init, theta0=theta0, theta_ref=theta_ref, scales=scales,
+        family_kw=family_kw, sigma_denoiser=sigma_denoiser, callback=callback, sigma_y=sigma_y, K=K, K_x=K_x,
+        gamma_x=gamma_x, gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R,
+        boundary=boundary,
+    )  # fmt: skip
 
 
 def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options) -> DeblurResult:
@@ -172,34 +120,3 @@ def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options)
     if boundary != "valid":
         raise ValueError(f"algorithm='em' works on real photographs: boundary must be 'valid', got {boundary!r}")
     return marginal_em(y, prior, kernel_size, init=init, callback=callback, **(options or {}))
-
-
-def _scale_sizes(family: str, kernel_size: int, scales: int, shape: tuple[int, int]) -> list[int]:
-    """Kernel sizes from the coarsest scale to the finest (= ``kernel_size``)."""
-    if int(scales) != scales or scales < 1:
-        raise ValueError(f"scales must be a positive integer, got {scales!r}")
-    if scales == 1:
-        return [int(kernel_size)]
-    if family != "simplex":
-        raise ValueError(f"scales > 1 needs the simplex family (a free-form kernel), got family={family!r}")
-    half = int(kernel_size) // 2
-    if half >> (scales - 1) < 1:
-        raise ValueError(
-            f"scales must leave the coarsest kernel at least 3×3: kernel_size={kernel_size}, scales={scales}"
-        )
-    coarsest = min(shape) // 2 ** (scales - 1)
-    if coarsest < 2 * (half >> (scales - 1)) + 1:
-        raise ValueError(f"scales={scales} leaves the image {shape} at {coarsest} px, smaller than its kernel")
-    return [2 * (half >> s) + 1 for s in range(scales - 1, -1, -1)]
-
-
-def downsample(y: Tensor, factor: int) -> Tensor:
-    """``y`` shrunk by ``factor`` (bilinear with antialiasing, sides rounded)."""
-    size = [max(1, round(n / factor)) for n in y.shape[-2:]]
-    return torch.nn.functional.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
-def upsample_kernel(h: Tensor, size: int) -> Tensor:
-    """A kernel ``(1, 1, k, k)`` resampled to ``size`` × ``size`` (bilinear, centre kept), ≥ 0, summing to 1."""
-    up = torch.nn.functional.interpolate(h, size=(size, size), mode="bilinear", align_corners=True).clamp_min(0)
-    return up / up.sum()

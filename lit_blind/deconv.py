@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
-from lit_blind.kernels import KernelFamily
+from lit_blind.kernels import KernelFamily, initial_theta
+from lit_blind.kernels import family as make_family
 from lit_blind.physics import BOUNDARIES, data_fidelity, prox_data_unchecked
 from lit_blind.priors import Prior
 
@@ -281,6 +282,88 @@ def douglas_rachford(
                    sigma_aux=sigma_denoiser, boundary=boundary, cg_tol=cg_tol, cg_max_iter=cg_max_iter, K=K),
         K, snapshot_every, callback,
     )  # fmt: skip
+
+
+def coarse_to_fine(
+    algorithm: str,
+    y: Tensor,
+    prior: Prior,
+    family: str | KernelFamily,
+    kernel_size: int,
+    *,
+    init: str = "large",
+    theta0: Tensor | None = None,
+    theta_ref: Tensor | None = None,
+    scales: int = 1,
+    family_kw: dict | None = None,
+    sigma_denoiser: float | None = None,
+    callback: Callable[[dict], None] | None = None,
+    sigma_y: float,
+    K: int,
+    **settings,
+) -> DeblurResult:
+    """Algorithm 1 or 2 (``algorithm``) from ``init`` (or ``theta0``) on ``scales`` scales, coarse to fine
+    (simplex family; see :func:`lit_blind.api.deblur`): scale s solves the problem on y downsampled by 2^s with
+    σ_y/2^s and a kernel of half-width ⌊(k//2)/2^s⌋; each kernel, upsampled, starts the next finer scale.
+    ``settings``: the other :func:`outer_loop` settings (K_x, gamma_x, gamma_theta, theta_steps, theta_start,
+    R, boundary, preset)."""
+    check_positive("sigma_y", sigma_y)  # before it is divided per scale
+    sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
+    fam = family if isinstance(family, KernelFamily) else make_family(family, size=sizes[0], **(family_kw or {}))
+    theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
+    y = y.to(torch.float64)
+    run = alternating if algorithm == "alternating" else douglas_rachford
+    coarse, spent = [], {"score_evals": 0, "seconds": 0.0}
+    for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
+        if coarse:  # start from the coarser scale's kernel, upsampled
+            fam = make_family(family, size=size, **(family_kw or {}))
+            theta = fam.project(upsample_kernel(coarse[-1][1], size).flatten(1))
+        y_s = y if s == 0 else downsample(y, 2**s)
+        cb = None if callback is None else (lambda info, s=s: callback(info | {"scale": s}))
+        aux = (
+            {}
+            if algorithm == "alternating"
+            else {"sigma_denoiser": None if sigma_denoiser is None else sigma_denoiser / 2**s}
+        )
+        res = run(y_s, prior, fam, theta, sigma_y=sigma_y / 2**s, K=K, callback=cb, **aux, **settings)
+        for name in ("score_evals", "seconds"):  # counted from the start of the coarsest scale
+            res.history[name] = [v + spent[name] for v in res.history[name]]
+            spent[name] = res.history[name][-1]
+        coarse.append((size, res.kernel))
+    if scales > 1:
+        res.history["scales"] = coarse
+    return res
+
+
+def _scale_sizes(family: str, kernel_size: int, scales: int, shape: tuple[int, int]) -> list[int]:
+    """Kernel sizes from the coarsest scale to the finest (= ``kernel_size``)."""
+    if int(scales) != scales or scales < 1:
+        raise ValueError(f"scales must be a positive integer, got {scales!r}")
+    if scales == 1:
+        return [int(kernel_size)]
+    if family != "simplex":
+        raise ValueError(f"scales > 1 needs the simplex family (a free-form kernel), got family={family!r}")
+    half = int(kernel_size) // 2
+    if half >> (scales - 1) < 1:
+        raise ValueError(
+            f"scales must leave the coarsest kernel at least 3×3: kernel_size={kernel_size}, scales={scales}"
+        )
+    coarsest = min(shape) // 2 ** (scales - 1)
+    if coarsest < 2 * (half >> (scales - 1)) + 1:
+        raise ValueError(f"scales={scales} leaves the image {shape} at {coarsest} px, smaller than its kernel")
+    return [2 * (half >> s) + 1 for s in range(scales - 1, -1, -1)]
+
+
+def downsample(y: Tensor, factor: int) -> Tensor:
+    """``y`` shrunk by ``factor`` (bilinear with antialiasing, sides rounded)."""
+    size = [max(1, round(n / factor)) for n in y.shape[-2:]]
+    return torch.nn.functional.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def upsample_kernel(h: Tensor, size: int) -> Tensor:
+    """A kernel ``(1, 1, k, k)`` resampled to ``size`` × ``size`` (bilinear, centre kept), ≥ 0, summing to 1."""
+    up = torch.nn.functional.interpolate(h, size=(size, size), mode="bilinear", align_corners=True).clamp_min(0)
+    return up / up.sum()
 
 
 #: Algorithms 1–2 as data: name → the factory of its image step ``(prior, y, σ_y, K_x, γ_x, σ_aux, boundary,

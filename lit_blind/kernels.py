@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_blind._checks import check_positive, check_tensor
+from lit_blind._checks import check_choice, check_positive, check_tensor
 
 J1_FIRST_ZERO = 3.8317059702075125
 
@@ -392,3 +392,31 @@ def family(name: str, size: int = 31, **kw) -> KernelFamily:
     if name not in _FAMILIES:
         raise ValueError(f"name must be one of {tuple(_FAMILIES)}, got {name!r}")
     return _FAMILIES[name](size=size, **kw)
+
+
+def initial_theta(
+    fam: KernelFamily,
+    init: str,
+    theta_ref: Tensor | None = None,
+    eps_large: float = 0.15,
+    eps_small: float = -0.1,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """θ₀ of §5: ``large`` / ``small``.
+
+    * simplex: the uniform kernel / a Gaussian of std 1.5 px;
+    * with a reference θ̄ (parametric families, synthetic experiments): θ̄ + ε·sign(θ̄), ε = 0.15 / −0.1;
+    * 1-D families without θ̄: θ_max / 0.1·θ_max (the largest kernel / a small one);
+    * Zernike without θ̄: ``ValueError`` (the paper's initialisation is relative to θ̄).
+    """
+    check_choice("init", init, ("large", "small"))
+    if isinstance(fam, SimplexFamily):
+        h = uniform_kernel(fam.size, dtype) if init == "large" else gaussian_kernel(fam.size, 1.5, dtype)
+        return h.flatten(1)
+    if theta_ref is not None:
+        ref = torch.as_tensor(theta_ref, dtype=dtype).reshape(1, -1)
+        eps = eps_large if init == "large" else eps_small
+        return fam.project(ref + eps * torch.sign(ref))
+    if isinstance(fam, OneParameterFamily):
+        return torch.tensor([[fam.theta_max if init == "large" else 0.1 * fam.theta_max]], dtype=dtype)
+    raise ValueError(f"theta_ref (θ̄) or theta0 must be given to initialise the {type(fam).__name__}, got neither")

@@ -159,7 +159,7 @@ def test_module_and_api_run_the_same_engine(tmp_path, preset, inits):
     cli = run_lightning_cli(_args("simplex_alternating.yaml", tmp_path / "o", *extra))
     model, problems = cli.model, cli.model.problems
     for i, init in enumerate(problems["inits"]):
-        from lit_blind.api import initial_theta
+        from lit_blind.kernels import initial_theta
 
         theta0 = initial_theta(model.family, init)
         res = alternating(

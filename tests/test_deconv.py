@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from lit_blind.api import deblur, initial_theta
+from lit_blind.api import deblur
 from lit_blind.deconv import alternating, douglas_rachford
 from lit_blind.io import embedded_image
-from lit_blind.kernels import dirac, family, uniform_kernel
+from lit_blind.kernels import dirac, family, initial_theta, uniform_kernel
 from lit_blind.metrics import kernel_error
 from lit_blind.physics import add_noise, blur, prox_data
 from lit_blind.priors import GaussianMixturePrior, GaussianPrior
@@ -69,7 +69,7 @@ class _PinnedAtEveryScale(GaussianMixturePrior):
 
 
 def test_coarse_to_fine_starts_each_scale_from_the_coarser_kernel_and_recovers_it():
-    from lit_blind.api import upsample_kernel
+    from lit_blind.deconv import upsample_kernel
 
     xbar, _ = _pinned(64)
     h = family("motion", size=15, angle=30)(torch.tensor([[5.0]], dtype=D))
@@ -98,7 +98,7 @@ def test_coarse_to_fine_starts_each_scale_from_the_coarser_kernel_and_recovers_i
 
 
 def test_upsample_kernel_keeps_the_centre_and_the_mass():
-    from lit_blind.api import upsample_kernel
+    from lit_blind.deconv import upsample_kernel
 
     up = upsample_kernel(dirac(3, D), 7)
     assert abs(up.sum().item() - 1) < 1e-12 and (up >= 0).all()

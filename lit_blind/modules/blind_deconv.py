@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from lit_blind._checks import check_choice
-from lit_blind.api import initial_theta
 from lit_blind.deconv import IMAGE_STEPS, PRESETS, outer_loop, x_init
 from lit_blind.io import write_image
-from lit_blind.kernels import KernelFamily
+from lit_blind.kernels import KernelFamily, initial_theta
 from lit_blind.metrics import kernel_error, psnr
 from lit_blind.physics import data_fidelity
 from lit_blind.priors import Prior
