@@ -90,16 +90,21 @@ def solve_kernel(M: Tensor, b: Tensor, reg: float, iters: int = 300) -> Tensor:
     return h
 
 
-def kernel_step(z: Tensor, y: Tensor, k: int, reg: float, edges: float = 20.0) -> Tensor:
+def kernel_step(z: Tensor, y: Tensor, k: int, reg: float, edges: float = 20.0, masked_cov: bool = True) -> Tensor:
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel`. Only the ``edges`` · 4k
-    largest gradients of z enter (0 keeps all). Returns a (1, 1, k, k) kernel (true convolution)."""
+    largest gradients of z enter (0 keeps all); ``reg`` is the covariance trace over all gradient pixels, so
+    with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries the posterior variance of
+    the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). Returns a
+    (1, 1, k, k) kernel (true convolution)."""
     gz = [_dx(z), _dy(z)]
     if edges > 0:
         mag = (gz[0][..., :-1, :] ** 2 + gz[1][..., :, :-1] ** 2).sqrt()
         n = min(mag.numel() - 1, int(edges * 4 * k))
         keep = (mag > mag.flatten().kthvalue(mag.numel() - n).values).to(z.dtype)
         gz = [gz[0] * F.pad(keep, (0, 0, 0, 1), mode="replicate"), gz[1] * F.pad(keep, (0, 1, 0, 0), mode="replicate")]
+        if masked_cov:
+            reg = reg * float(keep.mean())
     M, b = kernel_normal_equations(gz, [_dx(y), _dy(y)], k)
     h = solve_kernel(M, b, reg).reshape(1, 1, k, k).flip(-1, -2)
     if not bool(torch.isfinite(h).all()) or float(h.sum()) <= 0:
@@ -191,6 +196,7 @@ def marginal_em(
     rho: float = 0.1,
     covariance: bool = True,
     edges: float = 20.0,
+    masked_cov: bool = True,
     min_kernel: int = 5,
     init: str = "small",
     callback: Callable[[dict], None] | None = None,
@@ -267,7 +273,7 @@ def marginal_em(
                 x = _denoise(prior, _hqs_prox(x, ys, h, rho), sig)
                 evals += 1
             c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
-            h = kernel_step(x, ys, k, c, edges)
+            h = kernel_step(x, ys, k, c, edges, masked_cov)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),

@@ -21,6 +21,8 @@ from lit_blind.marginal import (
 from lit_blind.metrics import kernel_error
 from lit_blind.physics import blur
 
+D = torch.float64
+
 
 def _blocks(h: int, w: int, seed: int = 0) -> torch.Tensor:
     """A piecewise-constant test image with edges in every orientation, (1, 1, h, w) in [0, 1]."""
@@ -174,6 +176,20 @@ def test_covariance_term_enters_the_kernel_step_only_when_asked():
     on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1)
     assert all(c == 0 for c in off.history["covariance"]) and all(c > 0 for c in on.history["covariance"])
     assert not torch.allclose(on.kernel, off.kernel)
+
+
+def test_covariance_of_masked_gradients_counts_the_kept_pixels_only():
+    """E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var: with edge selection the trace over
+    all pixels is scaled by the kept fraction, which is exactly the unscaled step at that smaller weight."""
+    x = _blocks(40, 40) + 0.01 * torch.randn(1, 1, 40, 40, generator=torch.Generator().manual_seed(0), dtype=D)
+    y = blur(x, _motion_kernel(7), "valid")
+    kept = 20 * 4 * 7 / (39 * 39)  # edges · 4k of the (H − 1)(W − 1) gradient magnitudes (no ties: noise)
+    scaled = kernel_step(x, y, 7, 5.0, edges=20, masked_cov=True)
+    by_hand = kernel_step(x, y, 7, 5.0 * kept, edges=20, masked_cov=False)
+    torch.testing.assert_close(scaled, by_hand, rtol=0, atol=2e-3)
+    assert not torch.allclose(scaled, kernel_step(x, y, 7, 5.0, edges=20, masked_cov=False))
+    full = kernel_step(x, y, 7, 5.0, edges=0, masked_cov=True)  # every gradient kept: no scaling
+    torch.testing.assert_close(full, kernel_step(x, y, 7, 5.0, edges=0, masked_cov=False))
 
 
 def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
