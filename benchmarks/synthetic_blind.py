@@ -5,7 +5,7 @@ Each image is blurred by Levin kernel ``(3·n mod 8) + 1`` (n = the BSD68 number
 photographs nor the kernels are those of the Levin benchmark. Rows: the default EM (covariance term on),
 EM without it, and EM with the analytic ``GaussianPrior`` in place of the diffusion prior (covariance off);
 columns: error ratio (:func:`lit_blind.metrics.error_ratio`) and kernel error against the true kernel. The
-second row is the covariance term as it was before it counted the kept gradients only (``masked_cov=False``).
+second row counts the covariance term over the kept edge gradients only (``masked_cov=True``).
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...]
 """
@@ -30,7 +30,7 @@ DATA = data_path("../shared/data")
 IMAGES = ["test003", "test012", "test027", "test041", "test055", "test060", "test066", "test019"]
 CONFIGS = {
     "EM default (covariance on)": ("diffusion", {}),
-    "EM, covariance over all pixels": ("diffusion", {"masked_cov": False}),
+    "EM, covariance over the kept gradients": ("diffusion", {"masked_cov": True}),
     "EM without the covariance term": ("diffusion", {"covariance": False}),
     "EM with the GaussianPrior, no covariance": ("gaussian", {"covariance": False}),
 }
