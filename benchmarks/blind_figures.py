@@ -82,7 +82,7 @@ def main() -> None:
                 ax.set_title(title, fontsize=7)
             if err is not None:
                 ax.set_xlabel(f"err {err:.2f}", fontsize=7)
-        axes[i, 0].set_ylabel(base.split("/", 1)[1][:22], fontsize=6)
+        axes[i, 0].set_ylabel(base.replace("/", "\n", 1)[:30], fontsize=6)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
