@@ -78,25 +78,17 @@ def deblur(
         prior = load_prior(prior)
     if not isinstance(prior, Prior):
         raise ValueError(f"prior must be a Prior or a load_prior spec, got {type(prior).__name__}")
-    check_choice("algorithm", algorithm, ALGORITHMS)
     paper = dict(theta0=theta0, theta_ref=theta_ref, sigma_y=sigma_y, K=K, K_x=K_x, gamma_x=gamma_x)
     paper |= dict(gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R)
     paper |= dict(sigma_denoiser=sigma_denoiser, family_kw=family_kw, scales=scales, preset=preset)
+    check_algorithm_settings(algorithm, paper, em_options)
     if algorithm == "em":
-        given = [name for name, v in paper.items() if v is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to algorithm 'alternating' / 'drs' only, not to 'em'")
         return _deblur_em(y, prior, family, kernel_size, init, boundary or "valid", callback, em_options)
-    if em_options:
-        raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
     y = check_image("y", y, channels=prior.channels)
-    boundary = boundary or "circular"
-    defaults = preset_settings(preset or "paper", algorithm)
-    filled = {name: default if paper[name] is None else paper[name] for name, default in defaults.items()}
-    sigma_y, K, K_x, gamma_x, gamma_theta, theta_steps, theta_start, R, scales = (
-        filled[k]
-        for k in ("sigma_y", "K", "K_x", "gamma_x", "gamma_theta", "theta_steps", "theta_start", "R", "scales")
-    )
+    settings = {
+        k: v if paper[k] is None else paper[k] for k, v in preset_settings(preset or "paper", algorithm).items()
+    }
+    scales = settings.pop("scales")
     if isinstance(family, KernelFamily):  # an instance (e.g. injected by a config): its own size, one scale
         if family_kw or scales != 1 or kernel_size not in (31, family.size):
             raise ValueError(
@@ -106,10 +98,20 @@ def deblur(
         kernel_size = family.size
     return coarse_to_fine(
         algorithm, y, prior, family, kernel_size, init=init, theta0=theta0, theta_ref=theta_ref, scales=scales,
-        family_kw=family_kw, sigma_denoiser=sigma_denoiser, callback=callback, sigma_y=sigma_y, K=K, K_x=K_x,
-        gamma_x=gamma_x, gamma_theta=gamma_theta, theta_steps=theta_steps, theta_start=theta_start, R=R,
-        boundary=boundary,
+        family_kw=family_kw, sigma_denoiser=sigma_denoiser, callback=callback, boundary=boundary or "circular",
+        **settings,
     )  # fmt: skip
+
+
+def check_algorithm_settings(algorithm: str, paper: dict, em_options: dict | None) -> None:
+    """Raise ``ValueError`` when settings of Algorithms 1–2 (``paper``: name → value, None = not given) come
+    with ``algorithm="em"``, or ``em_options`` with another algorithm — instead of ignoring them."""
+    check_choice("algorithm", algorithm, ALGORITHMS)
+    given = [name for name, v in paper.items() if v is not None]
+    if algorithm == "em" and given:
+        raise ValueError(f"{', '.join(given)} apply to algorithm 'alternating' / 'drs' only, not to 'em'")
+    if algorithm != "em" and em_options:
+        raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
 
 
 def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options) -> DeblurResult:

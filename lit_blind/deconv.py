@@ -151,7 +151,7 @@ class OuterLoop:
         return {"iteration": k, "x": x, "theta": self.theta, "kernel": h, "data_fidelity": f, "score_evals": self.evals}
 
 
-def _run(loop: OuterLoop, K: int, snapshot_every: int, callback) -> DeblurResult:
+def _run(loop: OuterLoop, K: int, snapshot_every: int = 20, callback=None) -> DeblurResult:
     """:class:`OuterLoop` for K outer iterations, with the history."""
     hist: dict = {"theta": [], "data_fidelity": [], "score_evals": [], "seconds": [], "kernels": [], "images": []}
     t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def proximal_gradient_step(
     check_positive("gamma_x", gamma_x)
     sigma_eps = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
 
-    def image_step(x: Tensor, h: Tensor) -> Tensor:  # inputs checked once by the caller; _run checks x per outer step
+    def image_step(x: Tensor, h: Tensor) -> Tensor:  # inputs checked once by the caller; OuterLoop.step checks x
         for _ in range(int(K_x)):
             with torch.no_grad():
                 z = x + gamma_x * sigma_y**2 * prior._score_unchecked(x, sigma_eps)
@@ -195,7 +195,7 @@ def douglas_rachford_step(
     check_positive("gamma_x", gamma_x)
     sigma_d = prior.check_sigma(sigma_y if sigma_denoiser is None else sigma_denoiser, "sigma_denoiser")
 
-    def image_step(x: Tensor, h: Tensor) -> Tensor:  # inputs checked once by the caller; _run checks x per outer step
+    def image_step(x: Tensor, h: Tensor) -> Tensor:  # inputs checked once by the caller; OuterLoop.step checks x
         for _ in range(int(K_x)):
             with torch.no_grad():
                 z = prior._denoise_unchecked(x, sigma_d)
@@ -306,13 +306,12 @@ def coarse_to_fine(
     (simplex family; see :func:`lit_blind.api.deblur`): scale s solves the problem on y downsampled by 2^s with
     σ_y/2^s and a kernel of half-width ⌊(k//2)/2^s⌋; each kernel, upsampled, starts the next finer scale.
     ``settings``: the other :func:`outer_loop` settings (K_x, gamma_x, gamma_theta, theta_steps, theta_start,
-    R, boundary, preset)."""
+    R, boundary)."""
     check_positive("sigma_y", sigma_y)  # before it is divided per scale
     sizes = _scale_sizes(family, kernel_size, scales, tuple(y.shape[-2:]))
     fam = family if isinstance(family, KernelFamily) else make_family(family, size=sizes[0], **(family_kw or {}))
     theta = initial_theta(fam, init, theta_ref) if theta0 is None else torch.as_tensor(theta0, dtype=torch.float64)
     y = y.to(torch.float64)
-    run = alternating if algorithm == "alternating" else douglas_rachford
     coarse, spent = [], {"score_evals": 0, "seconds": 0.0}
     for s, size in zip(range(len(sizes) - 1, -1, -1), sizes, strict=True):
         if coarse:  # start from the coarser scale's kernel, upsampled
@@ -320,12 +319,9 @@ def coarse_to_fine(
             theta = fam.project(upsample_kernel(coarse[-1][1], size).flatten(1))
         y_s = y if s == 0 else downsample(y, 2**s)
         cb = None if callback is None else (lambda info, s=s: callback(info | {"scale": s}))
-        aux = (
-            {}
-            if algorithm == "alternating"
-            else {"sigma_denoiser": None if sigma_denoiser is None else sigma_denoiser / 2**s}
-        )
-        res = run(y_s, prior, fam, theta, sigma_y=sigma_y / 2**s, K=K, callback=cb, **aux, **settings)
+        sd = None if sigma_denoiser is None or algorithm != "drs" else sigma_denoiser / 2**s  # alternating: σ_ε = σ_min
+        loop = outer_loop(algorithm, y_s, prior, fam, theta, sigma_y=sigma_y / 2**s, K=K, sigma_aux=sd, **settings)
+        res = _run(loop, K, callback=cb)
         for name in ("score_evals", "seconds"):  # counted from the start of the coarsest scale
             res.history[name] = [v + spent[name] for v in res.history[name]]
             spent[name] = res.history[name][-1]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lit_blind._checks import check_choice
-from lit_blind.api import deblur
+from lit_blind.api import check_algorithm_settings, deblur
 from lit_blind.io import write_image
 from lit_blind.kernels import dirac
 from lit_blind.metrics import error_ratio, kernel_error, psnr
@@ -58,7 +58,6 @@ class DeblurProbe(Probe):
     ) -> None:
         for init in inits:
             check_choice("init", init, ("large", "small", "oracle"))
-        check_choice("algorithm", algorithm, ("em", "alternating", "drs"))
         if algorithm == "em" and "oracle" in inits:
             raise ValueError(
                 "init 'oracle' starts Algorithm 1/2 from the true kernel; algorithm 'em' has no such start"
@@ -66,34 +65,13 @@ class DeblurProbe(Probe):
         if "oracle" in inits and scales not in (None, 1):
             raise ValueError(f"init 'oracle' starts the finest scale: it needs scales=1, got scales={scales}")
         self.inits = list(inits)
-        self.kw = dict(
-            algorithm=algorithm,
-            kernel_size=kernel_size,
-            boundary=boundary,
-            sigma_y=sigma_y,
-            K=K,
-            K_x=K_x,
-            gamma_x=gamma_x,
-            gamma_theta=gamma_theta,
-            theta_steps=theta_steps,
-            theta_start=theta_start,
-            R=R,
-            sigma_denoiser=sigma_denoiser,
-            scales=scales,
-            preset=preset or "fast",
-        )
-        if algorithm == "em":  # the EM engine has its own schedule: Algorithm 1-2 settings are an error
-            given = [
-                k
-                for k, v in self.kw.items()
-                if v is not None and k not in ("algorithm", "kernel_size", "boundary", "preset")
-            ]
-            given += ["preset"] if preset is not None else []
-            if given:
-                raise ValueError(f"{', '.join(given)} apply to algorithm 'alternating' / 'drs' only, not to 'em'")
-            self.kw = dict(algorithm="em", kernel_size=kernel_size, boundary=boundary, em_options=em_options)
-        elif em_options:
-            raise ValueError(f"em_options apply to algorithm 'em' only, got algorithm={algorithm!r}")
+        paper = dict(sigma_y=sigma_y, K=K, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, R=R)
+        paper |= dict(theta_steps=theta_steps, theta_start=theta_start, sigma_denoiser=sigma_denoiser)
+        paper |= dict(scales=scales, preset=preset)
+        check_algorithm_settings(algorithm, paper, em_options)  # deblur's own check, before any image
+        if algorithm != "em":
+            paper["preset"] = preset or "fast"
+        self.kw = dict(algorithm=algorithm, kernel_size=kernel_size, boundary=boundary, em_options=em_options, **paper)
 
     def row_keys(self, image_id: str) -> list[dict]:
         return [{"image_id": image_id, "init": init} for init in self.inits]
