@@ -209,7 +209,7 @@ def deblur_main(argv: list[str]) -> int:
 
     import torch
 
-    from lit_blind.io import read_image
+    from lit_blind.io import read_image, to_channels
     from lit_blind.metrics import noise_level
 
     with warnings.catch_warnings(record=True) as caught:
@@ -236,7 +236,7 @@ def deblur_main(argv: list[str]) -> int:
 
     prior = load_prior(args.prior, **({"kind": args.prior_kind} if args.prior_kind else {}))
     # EM keeps an RGB photo in colour with a gray prior (kernel on the luminance); Algorithms 1–2 convert
-    y = y_file if args.algorithm == "em" else read_image(args.image, channels=prior.channels)
+    y = y_file if args.algorithm == "em" else to_channels(y_file, prior.channels)
     if y.shape[1] != y_file.shape[1]:
         print(
             f"lit-blind: warning: --algorithm {args.algorithm} works in the prior's {prior.channels} channel(s): the "

@@ -154,10 +154,20 @@ def read_image(path: str | Path, channels: int | None = None, key: str | None = 
     if a.ndim != 3 or a.shape[2] not in (1, 3):
         raise ValueError(f"image in {path} must be H×W or H×W×C with C in (1, 3), got shape {a.shape}")
     x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
-    if channels is not None and x.shape[1] != channels:
-        luma = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
-        x = (x * luma).sum(1, keepdim=True) if channels == 1 else x.expand(1, 3, *x.shape[-2:])
-    return x.contiguous()
+    return (x if channels is None else to_channels(x, channels)).contiguous()
+
+
+def to_channels(x: Tensor, channels: int) -> Tensor:
+    """A ``(B, 1|3, H, W)`` image with ``channels`` channels: RGB → gray by the ITU-R BT.601 luma
+    0.299 R + 0.587 G + 0.114 B (as PIL's ``convert("L")``), gray → RGB by three copies; unchanged otherwise."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)[:, None, None]
+        return (x * luma).sum(1, keepdim=True)
+    if channels == 3 and x.shape[1] == 1:
+        return x.expand(x.shape[0], 3, *x.shape[-2:])
+    raise ValueError(f"x must have 1 or 3 channels to convert to {channels}, got shape {tuple(x.shape)}")
 
 
 EMBEDDED = (

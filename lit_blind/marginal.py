@@ -47,6 +47,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult
+from lit_blind.io import to_channels
 from lit_blind.physics import data_fidelity, prox_data_unchecked
 from lit_blind.priors import Prior
 
@@ -249,10 +250,8 @@ def marginal_em(
     check_positive("edges", edges, allow_zero=True)
     y = y.to(torch.float64)
     rgb, y_rgb = y.shape[1] == 3 and prior.channels == 1, y
-    if rgb:  # estimate the kernel on the luminance (ITU-R BT.601 weights)
-        y = (y * torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device)[:, None, None]).sum(
-            1, keepdim=True
-        )
+    if rgb:  # estimate the kernel on the luminance
+        y = to_channels(y, 1)
     levels = pyramid(int(kernel_size), int(min_kernel))
     sigmas = np.geomspace(sigma_start, sigma_end, len(levels) * int(iters))
     hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
