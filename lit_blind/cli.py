@@ -36,36 +36,23 @@ COMMANDS = (
 TRAINER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "trainer"
 SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
 
-# flag, type, help of the options that only Algorithms 1-2 read: None on the parser, the --preset's value when
-# not given (lit_blind.deconv.PRESETS, where every default lives once); an explicit value with --algorithm em is
-# an error, not silently ignored
+# flag, type, the library's name (deblur's parameter and the preset's key), help of the options that only
+# Algorithms 1-2 read: None on the parser, the --preset's value when not given (lit_blind.deconv.PRESETS, where
+# every default lives once); an explicit value with --algorithm em is an error, not silently ignored
 MAP_OPTIONS = [
-    ("--sigma-y", float, f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force"),
-    ("--iterations", int, "outer iterations K"),
-    ("--inner", int, "image steps per outer iteration K_x"),
-    ("--reset", int, "reset x to y every R iterations"),
-    ("--gamma-x", float, "image step γ_x"),
-    ("--gamma-theta", str, "θ step: a number (the paper: 0.001) or 'armijo'"),
-    ("--theta-steps", int, "θ steps per outer iteration"),
-    ("--theta-start", int, "outer iterations before the first kernel step"),
-    ("--scales", int, "coarse-to-fine scales (simplex family), 1 = off"),
+    ("--sigma-y", float, "sigma_y", f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force"),
+    ("--iterations", int, "K", "outer iterations K"),
+    ("--inner", int, "K_x", "image steps per outer iteration K_x"),
+    ("--reset", int, "R", "reset x to y every R iterations"),
+    ("--gamma-x", float, "gamma_x", "image step γ_x"),
+    ("--gamma-theta", str, "gamma_theta", "θ step: a number (the paper: 0.001) or 'armijo'"),
+    ("--theta-steps", int, "theta_steps", "θ steps per outer iteration"),
+    ("--theta-start", int, "theta_start", "outer iterations before the first kernel step"),
+    ("--scales", int, "scales", "coarse-to-fine scales (simplex family), 1 = off"),
 ]
-PRESET_SETTINGS = dict(  # option dest -> lit_blind.deconv.preset key
-    sigma_y="sigma_y", iterations="K", inner="K_x", reset="R", gamma_x="gamma_x", gamma_theta="gamma_theta",
-    theta_steps="theta_steps", theta_start="theta_start", scales="scales",
-)  # fmt: skip
 # parameter names of the library's messages -> the flags a user typed
-FLAGS = {
+FLAGS = {name: flag for flag, _, name, _ in MAP_OPTIONS} | {
     "kernel_size": "--kernel-size",
-    "sigma_y": "--sigma-y",
-    "K": "--iterations",
-    "K_x": "--inner",
-    "R": "--reset",
-    "gamma_x": "--gamma-x",
-    "gamma_theta": "--gamma-theta",
-    "theta_steps": "--theta-steps",
-    "theta_start": "--theta-start",
-    "scales": "--scales",
     "family": "--family",
     "init": "--init",
     "boundary": "--boundary",
@@ -177,7 +164,7 @@ def deblur_parser() -> argparse.ArgumentParser:
         help="the schedule the options below default to (lit_blind.deconv.PRESETS): fast (40 outer iterations, "
         "Armijo θ steps) or paper (the paper's K = 400, K_x = 100) (default: fast)",
     )
-    for flag, typ, text in MAP_OPTIONS:
+    for flag, typ, _, text in MAP_OPTIONS:
         map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default: from --preset)")
     return ap
 
@@ -196,9 +183,9 @@ def deblur_main(argv: list[str]) -> int:
 
         args.preset = args.preset or "fast"
         defaults = preset(args.preset, args.algorithm)
-        for dest, key in PRESET_SETTINGS.items():
-            if getattr(args, dest) is None:
-                setattr(args, dest, defaults[key])
+        for flag, _, name, _ in MAP_OPTIONS:
+            if getattr(args, _dest(flag)) is None:
+                setattr(args, _dest(flag), defaults[name])
         if not (0 < args.sigma_y <= SIGMA_Y_MAX or (args.force and args.sigma_y > 0)):
             raise ValueError(
                 f"--sigma-y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1] (--force accepts more), "
@@ -206,8 +193,6 @@ def deblur_main(argv: list[str]) -> int:
             )
     out = _prepare_out(Path(args.out))
     import warnings
-
-    import torch
 
     from lit_blind.io import read_image, to_channels
     from lit_blind.metrics import noise_level
@@ -254,7 +239,7 @@ def deblur_main(argv: list[str]) -> int:
         summary = _summary(args, sigma_hat, t0, interrupted=True)
         if state:
             summary.update(level=state.get("level"), iteration=state["iteration"], score_evals=state["score_evals"])
-            _write_outputs(out, y, state["x"].detach(), state["kernel"].detach(), summary, torch)
+            _write_outputs(out, y, state["x"].detach(), state["kernel"].detach(), summary)
         else:
             _atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
         print(f"\nlit-blind: interrupted; the estimate so far is in {out} (result.json: interrupted)", file=sys.stderr)
@@ -265,7 +250,7 @@ def deblur_main(argv: list[str]) -> int:
     summary["warnings"] = res.history.get("warnings", [])
     for warning in summary["warnings"]:
         print(f"lit-blind: warning: {warning}", file=sys.stderr)
-    _write_outputs(out, y, res.image, res.kernel, summary, torch)
+    _write_outputs(out, y, res.image, res.kernel, summary)
     print(
         f"wrote {out}/deblurred.png, kernel.png, kernel.npy, comparison.png, result.json ({summary['seconds']:.1f} s)"
     )
@@ -321,10 +306,11 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _write_outputs(out: Path, y, x, kernel, summary: dict, torch) -> None:
+def _write_outputs(out: Path, y, x, kernel, summary: dict) -> None:
     """Every file atomically, ``result.json`` last. With the valid boundary x is larger than y by the kernel's
     support and is cropped to it; an EM run interrupted at a coarse level is written at that level's size."""
     import numpy as np
+    import torch
 
     from lit_blind.io import write_image
 
@@ -367,7 +353,9 @@ def _deblur_map(args, y, prior, state: dict):
 
     from lit_blind.api import deblur
 
-    gamma_theta = args.gamma_theta if args.gamma_theta == "armijo" else float(args.gamma_theta)  # a str if given
+    settings = {name: getattr(args, _dest(flag)) for flag, _, name, _ in MAP_OPTIONS}
+    if settings["gamma_theta"] != "armijo":  # a str when given on the command line
+        settings["gamma_theta"] = float(settings["gamma_theta"])
     with tqdm(total=args.iterations * args.scales, desc=f"deblur ({args.algorithm})", unit="it") as bar:
 
         def progress(s: dict) -> None:
@@ -376,24 +364,9 @@ def _deblur_map(args, y, prior, state: dict):
             bar.update(1)
 
         return deblur(
-            y,
-            prior,
-            family=args.family,
-            kernel_size=args.kernel_size,
-            init=args.init,
-            sigma_y=args.sigma_y,
-            algorithm=args.algorithm,
-            boundary=args.boundary,
-            K=args.iterations,
-            K_x=args.inner,
-            R=args.reset,
-            gamma_x=args.gamma_x,
-            gamma_theta=gamma_theta,
-            theta_steps=args.theta_steps,
-            theta_start=args.theta_start,
-            scales=args.scales,
-            callback=progress,
-        )
+            y, prior, algorithm=args.algorithm, family=args.family, kernel_size=args.kernel_size, init=args.init,
+            boundary=args.boundary, callback=progress, **settings,
+        )  # fmt: skip
 
 
 def _comparison(path: Path, y, x, k) -> None:
