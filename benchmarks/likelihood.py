@@ -1,108 +1,141 @@
-"""Benchmark: the authors' likelihood loop against lit_blind's, on the same prior, images and θ grid.
+"""Benchmark: the authors' potential against lit_blind's, on the same prior, images and probes (issue 14).
 
-Baseline (the paper's code, ``songdiff/likelihood.py``): scipy ``solve_ivp`` RK45 at rtol = atol = 1e-5 with a
-numpy↔torch round trip per evaluation, one image and one θ at a time, a fresh Rademacher probe per call.
-lit_blind: the whole θ grid of one image (4 families × 11 θ, θ = 0 once) in one batch, torch Dormand–Prince
-with per-sample step control (``dopri5``, same tolerances) or the fixed-grid ``expint``, one probe shared by
-the grid (common random numbers).
+Baseline (the paper's code, ``songdiff/likelihood.py``): scipy ``solve_ivp`` RK45 at rtol = atol = 1e-5, a
+numpy↔torch round trip per evaluation, u^T J u by a VJP, one image at a time. Every method integrates the
+same images with the same Rademacher probe, and each is scored against scipy RK45 at rtol = atol = 1e-8 with
+that probe (the solver error, in nats), so a speed-up bought with error the baseline does not have shows.
 
-Printed: seconds per (image, θ) for each method and their ratio; max |Δq| against the baseline when both use
-the same probe (solver difference); and the noise (std over repetitions) of the differences
-q(h_θ ⋆ x) − q(x) with a fresh probe per call (the baseline's estimator) and with shared probes (ours).
+Printed, in this order:
 
-    python benchmarks/likelihood.py [--prior tiny|mnist-small|PATH] [--images 2] [--repeats 4]
+1. **Where the time goes** in one baseline potential: network forward, the divergence VJP, and the rest
+   (scipy, numpy↔torch and float64↔float32 casts), from the NFE and per-call timings of the same network;
+   and the per-image cost of one evaluation at batch 1, 2, 8 and 41 (what batching a θ grid can save).
+2. **Error against NFE** of every solver setting (mean over the images): seconds per potential, NFE, mean
+   and largest |q − q_ref|, speed ratio to the baseline.
+
+    python benchmarks/likelihood.py [--prior natural-gray-small|mnist-small|tiny|PATH] [--images 2] [--size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
-from lit_blind.io import data_path, embedded_image
+from lit_blind.io import embedded_image
 from lit_blind.likelihood import potential, rademacher
-from lit_blind.probes import BlurLikelihoodProbe
 
-SHARED = data_path("../shared/data")
+BASELINE = "scipy RK45 1e-5, VJP (authors)"
+METHODS = {
+    BASELINE: dict(solver="rk45", rtol=1e-5, atol=1e-5),
+    "dopri5 1e-5, VJP (same steps, torch)": dict(solver="dopri5", rtol=1e-5, atol=1e-5),
+    "dopri5 1e-4, VJP": dict(solver="dopri5", rtol=1e-4, atol=1e-4),
+    "dopri5 1e-3 + q_atol 0.2, forward diff.": dict(
+        solver="dopri5", rtol=1e-3, atol=1e-3, q_atol=0.2, divergence="hutchinson-fd"
+    ),
+    "dopri5 1e-3 + q_atol 0.5, forward diff.": dict(
+        solver="dopri5", rtol=1e-3, atol=1e-3, q_atol=0.5, divergence="hutchinson-fd"
+    ),
+    "expint 64 steps, forward diff.": dict(solver="expint", steps=64, divergence="hutchinson-fd"),
+    "expint 128 steps, forward diff.": dict(solver="expint", steps=128, divergence="hutchinson-fd"),
+}
 
 
-def tiny_prior():
-    """A small random VE UNet (smooth σ embedding), 32×32 gray: stands in when no trained prior is given."""
-    from lit_blind.testing import tiny_unet_prior
+def load(name: str):
+    if name == "tiny":
+        from lit_blind.testing import tiny_unet_prior
 
-    return tiny_unet_prior(size=32)
+        return tiny_unet_prior(size=32)
+    from lit_blind.loading import load_prior
+
+    return load_prior(name)
 
 
-def images(prior_name: str, n: int) -> list[torch.Tensor]:
-    if prior_name == "mnist-small" and (SHARED / "mnist").is_dir():
-        from lit_blind.io import read_idx_images
+def per_call_ms(prior, size: int, batch: int, repeats: int = 3) -> float:
+    """Milliseconds per image of one network forward (no graph) at this batch size."""
+    x, s = torch.rand(batch, prior.channels, size, size), torch.full((batch,), 0.1)
+    with torch.no_grad():
+        prior._score_unchecked(x, s)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            prior._score_unchecked(x, s)
+    return (time.perf_counter() - t0) / repeats / batch * 1e3
 
-        x = read_idx_images(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:n]
-        x = torch.nn.functional.pad((x.float() / 255 > 0.5).float()[:, None], (2, 2, 2, 2))
-        return [xi[None].double() for xi in x]
-    names = ["camera", "moon", "coins", "text"][:n]
-    return [torch.nn.functional.adaptive_avg_pool2d(embedded_image(m), 32).double() for m in names]
+
+def profile(prior, x: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
+    """Seconds of one baseline potential spent in the network forward, in the divergence VJPs and elsewhere
+    (scipy, numpy↔torch, casts), by timing those calls during the run."""
+    spent = {"forward": 0.0, "vjp": 0.0}
+    score, grad = prior._score_unchecked, torch.autograd.grad
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            spent[key] += time.perf_counter() - t0
+            return out
+
+        return wrapper
+
+    prior._score_unchecked, torch.autograd.grad = timed(score, "forward"), timed(grad, "vjp")
+    try:
+        t0 = time.perf_counter()
+        potential(prior, x, probes=u, **METHODS[BASELINE])
+        total = time.perf_counter() - t0
+    finally:
+        del prior._score_unchecked
+        torch.autograd.grad = grad
+    return spent | {"other": total - spent["forward"] - spent["vjp"], "total": total}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prior", default="tiny")
+    ap.add_argument("--prior", default="natural-gray-small")
     ap.add_argument("--images", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
-    if args.prior == "tiny":
-        prior = tiny_prior()
-    else:
-        from lit_blind.loading import load_prior
-
-        prior = load_prior(args.prior)
-    torch.set_grad_enabled(True)
-    probe = BlurLikelihoodProbe(kernel_size=31)
-    xs = images(args.prior, args.images)
-    rows = []
-    t_base = t_ours = t_exp = 0.0
-    n_units = 0
-    dq_dop, dq_exp = [], []
+    torch.set_num_threads(1)
+    prior = load(args.prior)
+    names = ["camera", "moon", "coins", "text"][: args.images]
+    xs = [torch.nn.functional.adaptive_avg_pool2d(embedded_image(n), args.size).double() for n in names]
+    rows: dict[str, list[tuple[float, int, float]]] = {m: [] for m in METHODS}
     for i, x in enumerate(xs):
-        units, batch = probe.blurred(x)
         u = rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(i))
-        t0 = time.perf_counter()
-        base = torch.cat([potential(prior, batch[j : j + 1], solver="rk45", probes=u).value for j in range(len(units))])
-        t_base += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ours = potential(prior, batch, solver="dopri5", probes=u)
-        t_ours += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fast = potential(prior, batch, solver="expint", steps=32, probes=u)
-        t_exp += time.perf_counter() - t0
-        n_units += len(units)
-        dq_dop.append((ours.value - base).abs().max().item())
-        dq_exp.append((fast.value - base).abs().max().item())
-        rows.append((i, len(units), ours.nfe.double().mean().item()))
-    # noise of the differences q(h ⋆ x) − q(x): fresh probe per call vs one shared probe
-    x = xs[0]
-    units, batch = probe.blurred(x)
-    fresh, shared = [], []
-    for r in range(args.repeats):
-        g = torch.Generator().manual_seed(1000 + r)
-        v = potential(prior, batch, solver="dopri5", probes=rademacher((1, len(units), *x.shape[1:]), g)).value
-        fresh.append(v[1:] - v[0])
-        v = potential(prior, batch, solver="dopri5", probes=rademacher((1, 1, *x.shape[1:]), g)).value
-        shared.append(v[1:] - v[0])
-    sd_fresh = torch.stack(fresh).std(0).mean().item()
-    sd_shared = torch.stack(shared).std(0).mean().item()
-    per = lambda t: t / n_units  # noqa: E731
-    print(f"prior={args.prior} images={len(xs)} inputs per image={rows[0][1]} (4 families x 11 θ, θ=0 once)")
-    print(f"threads={torch.get_num_threads()}  mean NFE (dopri5) per input={sum(r[2] for r in rows) / len(rows):.0f}")
-    print(f"{'method':34s} {'s per (image,θ)':>16s} {'speed-up':>9s} {'max |Δq| vs baseline':>21s}")
-    print(f"{'baseline: scipy RK45, one at a time':34s} {per(t_base):16.3f} {1.0:9.1f} {0.0:21.3f}")
-    print(f"{'lit_blind dopri5, batched grid':34s} {per(t_ours):16.3f} {t_base / t_ours:9.1f} {max(dq_dop):21.3f}")
-    print(f"{'lit_blind expint(32), batched grid':34s} {per(t_exp):16.3f} {t_base / t_exp:9.1f} {max(dq_exp):21.3f}")
+        ref = float(potential(prior, x, solver="rk45", rtol=1e-8, atol=1e-8, probes=u).value[0])
+        for label, kw in METHODS.items():
+            t0 = time.perf_counter()
+            r = potential(prior, x, probes=u, **kw)
+            rows[label].append((time.perf_counter() - t0, int(r.nfe[0]), float(r.value[0]) - ref))
+            print(
+                f"{names[i]}: {label}: q − q_ref {rows[label][-1][2]:+.2f} nats, NFE {rows[label][-1][1]}", flush=True
+            )
+
+    prof = profile(prior, xs[0], rademacher((1, 1, *xs[0].shape[1:]), torch.Generator().manual_seed(0)))
+    t_base = statistics.mean(r[0] for r in rows[BASELINE])
+    nfe_base = statistics.mean(r[1] for r in rows[BASELINE])
+    print(f"\nprior={args.prior}, {len(xs)} images {args.size}×{args.size}, one thread, one shared probe per image")
     print(
-        f"noise (std over {args.repeats} repeats) of q(h⋆x)−q(x), mean over θ: fresh probe per call {sd_fresh:.2f} nats, "
-        f"shared probe (CRN) {sd_shared:.2f} nats"
+        f"1. one baseline potential ({names[0]}): {prof['total']:.2f} s; mean over the images {t_base:.2f} s, {nfe_base:.0f} NFE"
     )
+    print(
+        "   "
+        + ", ".join(f"{k} {prof[k] / prof['total']:.0%}" for k in ("forward", "vjp", "other"))
+        + " (other: scipy, numpy↔torch, float64↔float32 casts)"
+    )
+    batched = {b: per_call_ms(prior, args.size, b) for b in (1, 2, 8, 41)}
+    print("   forward ms per image at batch " + ", ".join(f"{b}: {t:.1f}" for b, t in batched.items()))
+    print("\n2. error against NFE (reference: scipy RK45 at rtol = atol = 1e-8, same probe)")
+    print("| method | s per potential | NFE | mean abs(q − q_ref) | max abs(q − q_ref) | speed vs baseline |")
+    print("|---|---|---|---|---|---|")
+    for label, r in rows.items():
+        t = statistics.mean(v[0] for v in r)
+        err = [abs(v[2]) for v in r]
+        print(
+            f"| {label} | {t:.2f} | {statistics.mean(v[1] for v in r):.0f} | {statistics.mean(err):.2f} | "
+            f"{max(err):.2f} | {t_base / t:.1f}× |"
+        )
 
 
 if __name__ == "__main__":

@@ -80,10 +80,11 @@ def kernel_normal_equations(gs: list[Tensor], ys: list[Tensor], k: int) -> tuple
     return M.reshape(k * k, k * k), b.reshape(-1)
 
 
-def solve_kernel(M: Tensor, b: Tensor, reg: float, iters: int = 300) -> Tensor:
-    r""":math:`\operatorname{argmin}_{h \ge 0} \tfrac12 h^\top (M + \mathrm{reg}\,I) h - b^\top h` by FISTA from
-    the clipped unconstrained solution (step 1/λ_max)."""
-    Q = M + reg * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+def solve_kernel(M: Tensor, b: Tensor, reg: float | Tensor, iters: int = 300) -> Tensor:
+    r""":math:`\operatorname{argmin}_{h \ge 0} \tfrac12 h^\top (M + \operatorname{diag}(\mathrm{reg})) h - b^\top h`
+    (``reg`` a number or one weight per kernel entry) by FISTA from the clipped unconstrained solution (step
+    1/λ_max)."""
+    Q = M + torch.diag(torch.as_tensor(reg, dtype=M.dtype, device=M.device).expand(M.shape[0]))
     L = torch.linalg.eigvalsh(Q)[-1]
     h = torch.linalg.solve(Q, b).clamp_min(0)
     z, t = h.clone(), 1.0
@@ -94,26 +95,70 @@ def solve_kernel(M: Tensor, b: Tensor, reg: float, iters: int = 300) -> Tensor:
     return h
 
 
-def kernel_step(z: Tensor, y: Tensor, k: int, reg: float, edges: float = 20.0, masked_cov: bool = False) -> Tensor:
+def kernel_step(
+    z: Tensor,
+    y: Tensor,
+    k: int,
+    reg: float,
+    edges: float = 20.0,
+    masked_cov: bool = False,
+    grad_var: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel`. Only the ``edges`` · 4k
     largest gradients of z enter (0 keeps all); ``reg`` is the covariance trace over all gradient pixels, so
     with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries the posterior variance of
-    the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). Returns a
-    (1, 1, k, k) kernel (true convolution)."""
+    the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). With ``grad_var``
+    (the per-pixel variances of ∂_x z and ∂_y z, shaped as those gradients) ``reg`` is unused and each kernel
+    entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
+    window that y sees: the exact expectation of the masked data term under independent gradient errors.
+    Returns a (1, 1, k, k) kernel (true convolution)."""
     gz = [_dx(z), _dy(z)]
+    masks = [torch.ones_like(g) for g in gz]
     if edges > 0:
         mag = (gz[0][..., :-1, :] ** 2 + gz[1][..., :, :-1] ** 2).sqrt()
         n = min(mag.numel() - 1, int(edges * 4 * k))
         keep = (mag > mag.flatten().kthvalue(mag.numel() - n).values).to(z.dtype)
-        gz = [gz[0] * F.pad(keep, (0, 0, 0, 1), mode="replicate"), gz[1] * F.pad(keep, (0, 1, 0, 0), mode="replicate")]
+        masks = [F.pad(keep, (0, 0, 0, 1), mode="replicate"), F.pad(keep, (0, 1, 0, 0), mode="replicate")]
+        gz = [g * m for g, m in zip(gz, masks, strict=True)]
         if masked_cov:
             reg = reg * float(keep.mean())
-    M, b = kernel_normal_equations(gz, [_dx(y), _dy(y)], k)
+    gy = [_dx(y), _dy(y)]
+    M, b = kernel_normal_equations(gz, gy, k)
+    if (
+        grad_var is not None
+    ):  # Σ_i (mask·var)(i + m) over y's window, per flipped kernel index m (≥ 0 up to Hutchinson noise)
+        window = [tuple(g.shape[-2:]) for g in gy]
+        reg = sum(
+            F.avg_pool2d(m * v, w, stride=1) * (w[0] * w[1]) for m, v, w in zip(masks, grad_var, window, strict=True)
+        )
+        reg = reg.reshape(-1).clamp_min(0)
     h = solve_kernel(M, b, reg).reshape(1, 1, k, k).flip(-1, -2)
     if not bool(torch.isfinite(h).all()) or float(h.sum()) <= 0:
         raise ValueError(f"kernel step: no non-negative kernel fits the image gradients (sum {float(h.sum())})")
     return prune_kernel(h)
+
+
+def tweedie_gradient_variance(
+    prior: Prior, x: Tensor, sigma: float, probes: int = 1, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    r"""Per-pixel posterior variances of the horizontal and vertical differences of the image given the noisy
+    image ``x`` at level σ, by Tweedie: :math:`\operatorname{Cov}[x_0 \mid x] = \sigma^2 J_D(x)`, so
+    :math:`\operatorname{var}(\partial_d x_0) = \sigma^2 \operatorname{diag}(\partial_d J_D \partial_d^\top)`.
+    The diagonal is Hutchinson's estimate :math:`u \odot \partial_d J_D \partial_d^\top u` with Rademacher u on
+    both gradient grids at once (the cross terms have zero mean), :math:`J_D w` by a central difference of the
+    denoiser with step ε = σ/100 (float32 rounding ≈ 1e-7/ε ≪ the entries of J_D; the curvature error ε² is
+    far below). Costs 2 × ``probes`` denoiser calls; shapes of ``_dx(x)`` and ``_dy(x)``."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    eps = sigma / 100
+    out = [torch.zeros_like(_dx(x)), torch.zeros_like(_dy(x))]
+    for _ in range(int(probes)):
+        u = [torch.randint(0, 2, o.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1 for o in out]
+        w = F.pad(u[0], (1, 0)) - F.pad(u[0], (0, 1)) + F.pad(u[1], (0, 0, 1, 0)) - F.pad(u[1], (0, 0, 0, 1))
+        jw = (_denoise(prior, x + eps * w, sigma) - _denoise(prior, x - eps * w, sigma)) / (2 * eps)
+        out[0] += u[0] * _dx(jw)
+        out[1] += u[1] * _dy(jw)
+    return out[0] * sigma**2 / probes, out[1] * sigma**2 / probes
 
 
 def prune_kernel(h: Tensor, rel: float = 0.05, min_mass: float = 0.1) -> Tensor:
@@ -201,6 +246,7 @@ def marginal_em(
     covariance: bool = True,
     edges: float = 20.0,
     masked_cov: bool = False,
+    variance: str = "hqs",
     min_kernel: int = 5,
     init: str = "small",
     callback: Callable[[dict], None] | None = None,
@@ -246,6 +292,7 @@ def marginal_em(
     if sigma_end > sigma_start:
         raise ValueError(f"sigma_end must not exceed sigma_start ({sigma_start}), got {sigma_end}")
     check_choice("init", init, ("small", "large"))
+    check_choice("variance", variance, ("hqs", "tweedie"))
     check_positive("rho", rho)
     check_positive("edges", edges, allow_zero=True)
     y = y.to(torch.float64)
@@ -273,10 +320,16 @@ def marginal_em(
         for t in range(int(iters)):
             sig = float(sigmas[li * int(iters) + t])
             for _ in range(int(inner)):
-                x = _denoise(prior, _hqs_prox(x, ys, h, rho), sig)
+                xp = _hqs_prox(x, ys, h, rho)
+                x = _denoise(prior, xp, sig)
                 evals += 1
             c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
-            h = kernel_step(x, ys, k, c, edges, masked_cov)
+            gv = None
+            if covariance and variance == "tweedie":
+                gv = tweedie_gradient_variance(prior, xp, sig)
+                evals += 2
+                c = float(gv[0].sum() + gv[1].sum())
+            h = kernel_step(x, ys, k, c, edges, masked_cov, gv)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),

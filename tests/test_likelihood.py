@@ -97,6 +97,40 @@ def test_batching_is_exact_with_a_float64_network():
     torch.testing.assert_close(together.value, split.value, atol=1e-8, rtol=0)
 
 
+def test_forward_difference_divergence_is_exact_for_a_linear_score(gen):
+    prior, x = _analytic(gen)["gaussian"]  # linear score: the forward difference has no truncation error
+    probes = rademacher((2, *x.shape), gen)
+    vjp = potential(prior, x, solver="dopri5", probes=probes)
+    fd = potential(prior, x, solver="dopri5", probes=probes, divergence="hutchinson-fd")
+    torch.testing.assert_close(fd.per_probe, vjp.per_probe, atol=1e-6, rtol=0)
+
+
+def test_forward_difference_divergence_is_unbiased_on_the_mixture(gen):
+    prior, x = _analytic(gen)["mixture"]
+    res = potential(prior, x, solver="dopri5", n_probes=24, generator=gen, divergence="hutchinson-fd")
+    truth = -prior.log_prob(x, prior.sigma_min)
+    assert ((res.value - truth).abs() < 3 * res.stderr + 0.5).all(), (res.value - truth, res.stderr)
+
+
+def test_forward_difference_divergence_matches_vjp_on_small_unet(tiny_unet_prior):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 1, 8, 8, generator=gen)
+    probes = rademacher((2, *x.shape), gen)
+    vjp = potential(tiny_unet_prior, x, solver="expint", probes=probes)  # same steps for both estimators
+    fd = potential(tiny_unet_prior, x, solver="expint", probes=probes, divergence="hutchinson-fd")
+    assert (fd.per_probe - vjp.per_probe).abs().max() < 0.05, fd.per_probe - vjp.per_probe
+
+
+def test_q_atol_controls_the_potential_error(gen):
+    prior, x = _analytic(gen)["mixture"]
+    truth = -prior.log_prob(x, prior.sigma_min)
+    loose = potential(prior, x, solver="dopri5", divergence="exact", rtol=1e-2, atol=1e-2)
+    tight = potential(prior, x, solver="dopri5", divergence="exact", rtol=1e-2, atol=1e-2, q_atol=1e-4)
+    assert (tight.value - truth).abs().max() < 0.01, tight.value - truth
+    assert (tight.value - truth).abs().max() < (loose.value - truth).abs().max()
+    assert (tight.nfe > loose.nfe).all()
+
+
 def test_common_random_numbers_reduce_noise_of_differences(gen):
     prior = GaussianPrior(sigma_max=50.0)
     x = torch.rand(1, 1, 11, 9, generator=gen, dtype=D)
@@ -138,6 +172,8 @@ def test_non_finite_score_raises():
         ({"batch_size": 0}, "batch_size"),
         ({"probes": torch.ones(1, 2, 1, 5, 5)}, "probes"),
         ({"rtol": -1.0}, "rtol"),
+        ({"q_atol": 0.0}, "q_atol"),
+        ({"q_atol": 0.1, "solver": "rk45"}, "q_atol"),
     ],
 )
 def test_bad_input(kw, match):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_blind import GaussianPrior, deblur
+from lit_blind.priors import GaussianMixturePrior
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
     gradient_covariance_trace,
@@ -17,6 +18,7 @@ from lit_blind.marginal import (
     pyramid,
     rescale_kernel,
     solve_kernel,
+    tweedie_gradient_variance,
 )
 from lit_blind.metrics import kernel_error
 from lit_blind.physics import blur
@@ -143,6 +145,7 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
         ({"sigma_start": 0.01, "sigma_end": 0.02}, "sigma_end must not exceed"),
         ({"iters": 0}, "iters must be a positive integer"),
         ({"init": "oracle"}, "init must be one of"),
+        ({"variance": "sampled"}, "variance must be one of"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -190,6 +193,32 @@ def test_covariance_of_masked_gradients_counts_the_kept_pixels_only():
     assert not torch.allclose(scaled, kernel_step(x, y, 7, 5.0, edges=20, masked_cov=False))
     full = kernel_step(x, y, 7, 5.0, edges=0, masked_cov=True)  # every gradient kept: no scaling
     torch.testing.assert_close(full, kernel_step(x, y, 7, 5.0, edges=0, masked_cov=False))
+
+
+def test_tweedie_gradient_variance_of_a_white_gaussian_prior():
+    """N(m, s²I): D is linear with J = c I, c = s²/(s² + σ²), so every difference of two pixels has posterior
+    variance 2cσ²; Hutchinson's per-pixel estimate is noisy but its mean over the image is exact in expectation."""
+    prior = GaussianMixturePrior(torch.full((1, 1, 64, 64), 0.5, dtype=D), std=0.2)
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0), dtype=D)
+    sigma = 0.1
+    c = 0.2**2 / (0.2**2 + sigma**2)
+    vx, vy = tweedie_gradient_variance(prior, x, sigma, probes=4)
+    assert vx.shape == (1, 1, 64, 63) and vy.shape == (1, 1, 63, 64)
+    for v in (vx, vy):
+        assert abs(float(v.mean()) / (2 * c * sigma**2) - 1) < 0.03
+
+
+def test_per_pixel_variance_of_a_constant_map_is_the_scalar_trace():
+    """A constant variance v on every gradient gives each kernel entry the weight v × (pixels in y's window),
+    summed over both directions: the scalar form of the covariance term."""
+    x = _blocks(40, 40) + 0.01 * torch.randn(1, 1, 40, 40, generator=torch.Generator().manual_seed(0), dtype=D)
+    y = blur(x, _motion_kernel(7), "valid")  # 34 × 34
+    v = 2e-3
+    gv = (torch.full((1, 1, 40, 39), v, dtype=D), torch.full((1, 1, 39, 40), v, dtype=D))
+    per_pixel = kernel_step(x, y, 7, 0.0, edges=0, grad_var=gv)
+    scalar = kernel_step(x, y, 7, v * 2 * 34 * 33, edges=0)
+    torch.testing.assert_close(per_pixel, scalar, rtol=0, atol=1e-9)
+    assert not torch.allclose(per_pixel, kernel_step(x, y, 7, 0.0, edges=0))
 
 
 def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
