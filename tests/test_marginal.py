@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from lit_blind import GaussianPrior, deblur
-from lit_blind.priors import GaussianMixturePrior
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
     gradient_covariance_trace,
@@ -22,6 +21,7 @@ from lit_blind.marginal import (
 )
 from lit_blind.metrics import kernel_error
 from lit_blind.physics import blur
+from lit_blind.priors import GaussianMixturePrior
 
 D = torch.float64
 
