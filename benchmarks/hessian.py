@@ -1,8 +1,9 @@
 """Benchmark: Hessian spectra of σ_ε²∇²q = I − J_D the paper's way against lit_blind's batched and block modes.
 
 Baseline (the authors' ``eigenvalues.ipynb``): one ``torch.autograd.functional.jvp`` (double backward) per
-basis direction, d calls, then float64 ``svdvals``. lit_blind ``dense``: the same d products, ``chunk`` at a
-time through batched VJPs. lit_blind ``block``: LOBPCG on the low end (k values). Same prior, same points.
+basis direction, d calls, then float64 ``svdvals``. lit_blind ``dense``: the d rows J_Dᵀe_i from one forward
+of the network, ``chunk`` VJPs at a time through one vmapped backward (no double backward, no forward per
+direction). lit_blind ``block``: LOBPCG on the low end (k values). Same prior, same points.
 Printed: seconds, products, the max difference of the spectra (dense vs baseline) and the intrinsic
 dimension (#σ < threshold) of each.
 

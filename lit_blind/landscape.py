@@ -107,10 +107,27 @@ class _Operator:
         return self._jvp(vs).reshape(v.shape)
 
     def dense(self, chunk: int) -> Tensor:
-        """A as a (d, d) matrix, ``chunk`` products at a time (memory d·chunk, not d² activations)."""
+        """A as a (d, d) matrix, ``chunk`` products at a time (memory d·chunk, not d² activations).
+
+        Without an ``hvp``, row i of J_D is the VJP J_Dᵀ e_i: one forward of the network with its graph, then
+        ``chunk`` VJPs at a time through one vmapped backward (``is_grads_batched``) — no double backward and
+        no forward per direction, unlike the column-by-column JVPs of :meth:`matmat`."""
         eye = torch.eye(self.d, dtype=torch.float64, device=self.x.device)
-        rows = [self.matmat(eye[i : i + chunk]) for i in range(0, self.d, chunk)]
-        return torch.cat(rows).T  # rows were (A e_i)ᵀ
+        if self.symmetric:
+            return torch.cat([self.matmat(eye[i : i + chunk]) for i in range(0, self.d, chunk)]).T
+        rows = []
+        with torch.enable_grad(), math_attention():
+            xg = self.x.clone().requires_grad_(True)
+            den = self.prior.denoise(xg, self.sigma).to(torch.float64)
+            for i in range(0, self.d, chunk):
+                e = eye[i : i + chunk].reshape(-1, *self.shape)
+                try:
+                    (g,) = torch.autograd.grad(den, xg, e, retain_graph=True, is_grads_batched=True)
+                except RuntimeError:  # an op without a batching rule: one VJP per direction
+                    g = torch.stack([torch.autograd.grad(den, xg, ei[None], retain_graph=True)[0][0] for ei in e])
+                rows.append(g.reshape(len(e), self.d))
+        self.products += self.d
+        return eye - torch.cat(rows)
 
     def rmatmat(self, u: Tensor) -> Tensor:
         """Aᵀ U for U of shape (n, d)."""

@@ -25,7 +25,8 @@ class BlurLikelihoodProbe(Probe):
 
     All (family, θ) inputs of one image share the same Hutchinson probes (common random numbers), so the
     curve θ ↦ q(h_θ ⋆ x) − q(x) carries far less noise than each value. θ = 0 (h₀ = δ) is evaluated once
-    per image and written for every family.
+    per image and written for every family. Solver options as :func:`~lit_blind.likelihood.potential`
+    (``divergence``: ``hutchinson`` or ``hutchinson-fd``).
 
     Rows: ``{image_id, family, theta, potential, stderr, nfe, seconds, sigma_eps}``.
     """
@@ -42,6 +43,7 @@ class BlurLikelihoodProbe(Probe):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         steps: int = 32,
+        divergence: str = "hutchinson",
         n_probes: int = 1,
         sigma_eps: float | None = None,
         batch_size: int | None = None,
@@ -55,7 +57,10 @@ class BlurLikelihoodProbe(Probe):
             fam.check_theta(torch.tensor(self.thetas, dtype=torch.float64)[:, None])
         self.boundary = check_choice("boundary", boundary, ("circular",))  # the paper's setting (§2.3)
         check_choice("solver", solver, SOLVERS)
-        self.solver_kw = dict(solver=solver, rtol=rtol, atol=atol, steps=steps, sigma_eps=sigma_eps)
+        check_choice("divergence", divergence, ("hutchinson", "hutchinson-fd"))
+        self.solver_kw = dict(
+            solver=solver, rtol=rtol, atol=atol, steps=steps, sigma_eps=sigma_eps, divergence=divergence
+        )
         self.n_probes, self.batch_size, self.seed = int(n_probes), batch_size, int(seed)
 
     def blurred(self, x: Tensor) -> tuple[list[tuple[str, float]], Tensor]:
@@ -201,7 +206,8 @@ class TimingProbe(Probe):
     """Table 1: model-evaluation and potential-evaluation seconds per image on this hardware.
 
     Rows: ``{image_id, model_eval_seconds, potential_seconds, nfe, device}``; ``model_eval_seconds`` is the
-    median over ``repeats`` score evaluations (after one warm-up).
+    median over ``repeats`` score evaluations (after one warm-up). ``divergence``: the Hutchinson estimator's
+    VJP (``hutchinson``) or forward difference (``hutchinson-fd``), see :func:`~lit_blind.likelihood.potential`.
     """
 
     key = ("image_id",)
@@ -212,12 +218,16 @@ class TimingProbe(Probe):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         steps: int = 32,
+        divergence: str = "hutchinson",
         repeats: int = 5,
         sigma_eps: float | None = None,
         seed: int = 0,
     ) -> None:
         check_choice("solver", solver, SOLVERS)
-        self.solver_kw = dict(solver=solver, rtol=rtol, atol=atol, steps=steps, sigma_eps=sigma_eps)
+        check_choice("divergence", divergence, ("hutchinson", "hutchinson-fd"))
+        self.solver_kw = dict(
+            solver=solver, rtol=rtol, atol=atol, steps=steps, sigma_eps=sigma_eps, divergence=divergence
+        )
         self.repeats, self.seed = int(repeats), int(seed)
 
     def run(self, prior: Prior, x: Tensor, image_id: str, todo: list[dict], item: dict | None = None) -> Iterator[dict]:
