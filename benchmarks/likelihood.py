@@ -13,7 +13,12 @@ Printed, in this order:
 2. **Error against NFE** of every solver setting (mean over the images): seconds per potential, NFE, mean
    and largest |q − q_ref|, speed ratio to the baseline.
 
+3. With ``--figure PATH``: the divergence integrand u^T(I − J_D)u along the first image's trajectory, at
+   every evaluation of a dopri5 solve at rtol = atol = 1e-7 (why no solver reaches the reference cheaply:
+   it oscillates in log σ).
+
     python benchmarks/likelihood.py [--prior natural-gray-small|mnist-small|tiny|PATH] [--images 2] [--size 64]
+                                    [--figure docs/potential_integrand.png]
 """
 
 from __future__ import annotations
@@ -90,11 +95,47 @@ def profile(prior, x: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
     return spent | {"other": total - spent["forward"] - spent["vjp"], "total": total}
 
 
+def integrand_figure(prior, x: torch.Tensor, u: torch.Tensor, path: str) -> None:
+    """Plot u^T(I − J_D)u against log σ at every evaluation of a tight dopri5 solve (whole range and a zoom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lit_blind import likelihood
+
+    seen: list[tuple[float, float]] = []
+    call = likelihood._Field.__call__
+
+    def recording(self, x, lam, idx, with_div=True):
+        v, div = call(self, x, lam, idx, with_div)
+        if div is not None:
+            seen.append((float(lam[0]), float(div[0, 0])))
+        return v, div
+
+    likelihood._Field.__call__ = recording
+    try:
+        potential(prior, x, probes=u, solver="dopri5", rtol=1e-7, atol=1e-7)
+    finally:
+        likelihood._Field.__call__ = call
+    lam, div = zip(*sorted(seen), strict=True)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax[0].plot(lam, div, ".", ms=1.5)
+    zoom = [(a, b) for a, b in zip(lam, div, strict=True) if -3.5 <= a <= -1.5]
+    ax[1].plot(*zip(*zoom, strict=True), ".-", ms=2, lw=0.5)
+    for a, title in zip(ax, ("whole range", "zoom: log σ ∈ [−3.5, −1.5]"), strict=True):
+        a.set(xlabel="λ = log σ", ylabel="u^T (I − J_D) u", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"3. integrand figure ({len(seen)} evaluations): {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prior", default="natural-gray-small")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--figure", default=None, help="also plot the divergence integrand of the first image here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     prior = load(args.prior)
@@ -135,6 +176,10 @@ def main() -> None:
         print(
             f"| {label} | {t:.2f} | {statistics.mean(v[1] for v in r):.0f} | {statistics.mean(err):.2f} | "
             f"{max(err):.2f} | {t_base / t:.1f}× |"
+        )
+    if args.figure:
+        integrand_figure(
+            prior, xs[0], rademacher((1, 1, *xs[0].shape[1:]), torch.Generator().manual_seed(0)), args.figure
         )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.cli import instantiate_class
 from torch.utils.data import DataLoader, Dataset
 
 from lit_blind.io import (
@@ -23,7 +24,7 @@ from lit_blind.io import (
     read_kernel,
     read_levin_kernels,
 )
-from lit_blind.kernels import family
+from lit_blind.kernels import KernelFamily, family
 from lit_blind.physics import add_noise, blur
 
 
@@ -307,7 +308,10 @@ class BlurProblemsDataModule(pl.LightningDataModule):
     """Synthetic blind-deconvolution problems for ``BlindDeconvModule`` (paper §5, Figs. 11, 12, 14, 15).
 
     Every (image, kernel, init) combination is one problem; y = h̄ ⋆ x̄ + σ_y n (circular blur, seeded).
-    ``kernels`` are dicts ``{family, theta, size[, angle, ...]}`` (θ̄ as a list) or paths to kernel files.
+    ``kernels`` are dicts ``{family, theta}`` (θ̄ as a list) or paths to kernel files; ``family`` is named as
+    everywhere else (:func:`~lit_blind.kernels.as_family`): a name, built at ``size`` (default 31) with the
+    dict's other keys as options (``{family: motion, theta: [5.0], angle: 45}``), or a ``class_path`` /
+    ``init_args`` mapping of a :class:`~lit_blind.kernels.KernelFamily`.
     The train loader yields the whole batch of problems ``iterations`` times (one outer iteration each).
     Without ground truth (real photos), pass ``blurry`` paths instead of ``embedded``/``kernels``.
     """
@@ -342,9 +346,18 @@ class BlurProblemsDataModule(pl.LightningDataModule):
         if isinstance(spec, str):
             return Path(spec).stem, read_kernel(spec), None
         spec = dict(spec)
-        name, theta = spec.pop("family"), torch.tensor([spec.pop("theta")], dtype=torch.float64)
-        h = family(name, **spec)(theta)
-        return f"{name}{theta.flatten().tolist()}", h, theta
+        fam, theta = spec.pop("family"), torch.tensor([spec.pop("theta")], dtype=torch.float64)
+        if isinstance(fam, dict) and "class_path" in fam:
+            fam = instantiate_class((), fam)
+        if isinstance(fam, KernelFamily):
+            if spec:
+                raise ValueError(f"kernels: options {spec} apply to a family name; a family object carries its own")
+        elif isinstance(fam, str):
+            fam = family(fam, **spec)
+        else:
+            raise ValueError(f"kernels family must be a name, a KernelFamily or a class_path mapping, got {fam!r}")
+        h = fam(theta)
+        return f"{fam.name}{theta.flatten().tolist()}", h, theta
 
     def setup(self, stage: str | None = None) -> None:
         if self.problems is not None:

@@ -132,6 +132,12 @@ class KernelFamily(nn.Module):
             )
         return theta
 
+    @property
+    def name(self) -> str:
+        """The name :func:`family` builds this class by (``motion``, …), else the class name: the key of result
+        rows and summaries."""
+        return next((n for n, cls in _FAMILIES.items() if type(self) is cls), type(self).__name__)
+
     def project(self, theta: Tensor) -> Tensor:
         """Projection onto the feasible set: a clamp to [theta_min, theta_max] (identity if unbounded)."""
         if self.theta_min is None and self.theta_max is None:
@@ -392,6 +398,37 @@ def family(name: str, size: int = 31, **kw) -> KernelFamily:
     if name not in _FAMILIES:
         raise ValueError(f"name must be one of {tuple(_FAMILIES)}, got {name!r}")
     return _FAMILIES[name](size=size, **kw)
+
+
+def as_family(spec: str | KernelFamily, size: int, arg: str = "family") -> KernelFamily:
+    """The one way configs and APIs name a family: a name (built at ``size`` with its default options) or a
+    :class:`KernelFamily` instance (YAML ``class_path`` + ``init_args``, any options), whose size must be
+    ``size``. ``arg`` names the argument in errors.
+
+    Example::
+
+        as_family("motion", 31)                     # MotionFamily(size=31)
+        as_family(MotionFamily(size=31, angle=45), 31)
+    """
+    if isinstance(spec, KernelFamily):
+        if spec.size != size:
+            raise ValueError(f"{arg}: {type(spec).__name__} has size {spec.size}, expected the kernel size {size}")
+        return spec
+    if isinstance(spec, str):
+        return family(spec, size=size)
+    raise ValueError(f"{arg} must be a family name {tuple(_FAMILIES)} or a KernelFamily, got {spec!r}")
+
+
+def families_by_name(specs: Sequence[str | KernelFamily], size: int, arg: str = "families") -> dict[str, KernelFamily]:
+    """{name: family} for a list of names or instances (:func:`as_family`); two entries with one name (e.g.
+    two motion families at different angles) are an error, since rows are keyed by the name."""
+    out: dict[str, KernelFamily] = {}
+    for spec in specs:
+        fam = as_family(spec, size, arg)
+        if fam.name in out:
+            raise ValueError(f"{arg} must have distinct names, got {fam.name!r} twice")
+        out[fam.name] = fam
+    return out
 
 
 def initial_theta(

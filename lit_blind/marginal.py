@@ -304,6 +304,7 @@ def marginal_em(
     hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
     hist["scales"] = []
     t0, evals, h, s_prev = time.perf_counter(), 0, None, None
+    noise_gen = torch.Generator().manual_seed(0)
     for li, (s, k) in enumerate(levels):
         size = [max(k, round(n * s)) for n in y.shape[-2:]]
         ys = y if s == 1.0 else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -326,7 +327,9 @@ def marginal_em(
             c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
             gv = None
             if covariance and variance == "tweedie":
-                gv = tweedie_gradient_variance(prior, xp, sig)
+                gv = tweedie_gradient_variance(
+                    prior, xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device), sig
+                )
                 evals += 2
                 c = float(gv[0].sum() + gv[1].sum())
             h = kernel_step(x, ys, k, c, edges, masked_cov, gv)

@@ -15,6 +15,7 @@ ON_TOP_OF = {  # a partial config -> the config it overrides (see its first line
     "hessian_at_critical_points": "experiments/hessian_spectrum.yaml",
     "levin09_em": "benchmarks/levin09.yaml",
     "levin09_ffdnet": "benchmarks/levin09.yaml",
+    "blur_likelihood_bsd68": "experiments/blur_likelihood.yaml",
 }
 
 
@@ -31,3 +32,36 @@ def test_config_instantiates(config, tmp_path, shared_data, monkeypatch):
     assert cli.model.output_dir is not None and cli.trainer.default_root_dir == str(tmp_path / "out")
     assert cli.trainer.logger is None or cli.trainer.logger.save_dir == str(tmp_path / "out")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_family_is_spelled_the_same_way_everywhere(tmp_path):
+    """A name or a class_path, in a probe's family list, a data module's kernel dicts and the blind module."""
+    motion45 = "{class_path: lit_blind.kernels.MotionFamily, init_args: {size: 31, angle: 45}}"
+    probe = run_lightning_cli(
+        [
+            "--config",
+            str(ROOT / "configs" / "experiments" / "blur_likelihood.yaml"),
+            "--model.init_args.probe.init_args.families",
+            f"[gaussian, {motion45}]",
+            "--model.init_args.output_dir",
+            str(tmp_path / "a"),
+        ],
+        run=False,
+    ).model.probe
+    assert list(probe.families) == ["gaussian", "motion"] and probe.families["motion"].angle == 45
+    cli = run_lightning_cli(
+        [
+            "--config",
+            str(ROOT / "configs" / "experiments" / "simplex_alternating.yaml"),
+            "--model.init_args.family",
+            "simplex",
+            "--data.init_args.kernels",
+            f"[{{family: {motion45}, theta: [3.0]}}, {{family: gaussian, theta: [1.0]}}]",
+            "--model.init_args.output_dir",
+            str(tmp_path / "b"),
+        ],
+        run=False,
+    )
+    assert cli.model.family.name == "simplex" and cli.model.family.size == 31
+    cli.datamodule.setup()
+    assert [i.split("/")[1] for i in cli.datamodule.problems["ids"][::2]][:2] == ["motion[3.0]", "gaussian[1.0]"]

@@ -151,3 +151,19 @@ def test_helpers():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_as_family_takes_a_name_or_an_instance_of_the_right_size():
+    from lit_blind.kernels import MotionFamily, as_family, families_by_name
+
+    assert isinstance(as_family("motion", 15), MotionFamily) and as_family("motion", 15).size == 15
+    fam = MotionFamily(size=15, angle=45)
+    assert as_family(fam, 15) is fam and fam.name == "motion"
+    with pytest.raises(ValueError, match="has size 15, expected the kernel size 31"):
+        as_family(fam, 31, "families")
+    with pytest.raises(ValueError, match="family must be a family name"):
+        as_family(3, 31)
+    with pytest.raises(ValueError, match="name must be one of"):
+        as_family("blurry", 31)
+    with pytest.raises(ValueError, match="families must have distinct names, got 'motion' twice"):
+        families_by_name(["motion", fam], 15)

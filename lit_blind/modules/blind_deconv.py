@@ -19,7 +19,7 @@ from torch import nn
 from lit_blind._checks import check_choice
 from lit_blind.deconv import IMAGE_STEPS, PRESETS, outer_loop, x_init
 from lit_blind.io import write_image
-from lit_blind.kernels import KernelFamily, initial_theta
+from lit_blind.kernels import KernelFamily, as_family, initial_theta
 from lit_blind.metrics import kernel_error, psnr
 from lit_blind.physics import data_fidelity
 from lit_blind.priors import Prior
@@ -27,12 +27,17 @@ from lit_blind.results import ResultsFile, write_json
 
 
 class BlindDeconvModule(pl.LightningModule):
-    """Blind deconvolution of a batch of problems; outputs under ``output_dir`` (DESIGN.md §4)."""
+    """Blind deconvolution of a batch of problems; outputs under ``output_dir`` (DESIGN.md §4).
+
+    ``family``: a name (built at ``kernel_size``, 31 when None) or a :class:`~lit_blind.kernels.KernelFamily`
+    (YAML ``class_path``; its size must equal ``kernel_size`` when that is given), as everywhere a family is
+    named (:func:`~lit_blind.kernels.as_family`)."""
 
     def __init__(
         self,
         prior: Prior,
-        family: KernelFamily,
+        family: str | KernelFamily,
+        kernel_size: int | None = None,
         sigma_y: float | None = None,
         algorithm: str = "alternating",
         K_x: int | None = None,
@@ -53,6 +58,8 @@ class BlindDeconvModule(pl.LightningModule):
         check_choice("algorithm", algorithm, tuple(IMAGE_STEPS))
         check_choice("preset", preset, tuple(PRESETS))
         self.automatic_optimization = False
+        size = kernel_size if kernel_size is not None else family.size if isinstance(family, KernelFamily) else 31
+        family = as_family(family, size)
         self.prior, self.family, self.algorithm, self.preset = prior, family, algorithm, preset
         self.settings = dict(sigma_y=sigma_y, K_x=K_x, gamma_x=gamma_x, gamma_theta=gamma_theta, R=R)
         self.settings |= dict(theta_steps=theta_steps, theta_start=theta_start, boundary=boundary)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lit_blind.kernels import family
+from lit_blind.kernels import KernelFamily, families_by_name
 from lit_blind.landscape import find_critical_point, hessian_spectrum, noiseless_profile, noisy_profile
 from lit_blind.likelihood import potential, rademacher
 from lit_blind.physics import add_noise, blur
@@ -232,13 +232,15 @@ class HessianSpectrumProbe(Probe):
 
 class ProfileProbe(Probe):
     """§4, Figs. 9–10: ℓ(θ) around θ̄ for each family; noise-free when ``sigma_ys`` is empty, else the noisy
-    profile for each σ_y (momentum descent, eq. 15). ``descent_steps`` > 0 first moves x̄ to a critical point."""
+    profile for each σ_y (momentum descent, eq. 15). ``descent_steps`` > 0 first moves x̄ to a critical point.
+    ``families``: names or :class:`~lit_blind.kernels.KernelFamily` instances (YAML ``class_path``) at
+    ``kernel_size``."""
 
     key = ("image_id", "family", "sigma_y")
 
     def __init__(
         self,
-        families: Sequence[str] = ("gaussian", "motion", "airy", "defocus"),
+        families: Sequence[str | KernelFamily] = ("gaussian", "motion", "airy", "defocus"),
         thetas: Sequence[float] = tuple(0.5 * i for i in range(11)),
         theta_bar: float = 2.5,
         kernel_size: int = 31,
@@ -254,7 +256,7 @@ class ProfileProbe(Probe):
         exact: bool = True,
         seed: int = 0,
     ) -> None:
-        self.families = {n: family(n, size=kernel_size) for n in families}
+        self.families = families_by_name(families, kernel_size)
         self.thetas, self.theta_bar = [float(t) for t in thetas], float(theta_bar)
         self.sigma_ys = [float(s) for s in sigma_ys]
         self.momentum_steps, self.step, self.momentum = int(momentum_steps), step, momentum

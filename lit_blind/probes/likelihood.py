@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from lit_blind._checks import check_choice
-from lit_blind.kernels import family
+from lit_blind.kernels import KernelFamily, families_by_name
 from lit_blind.likelihood import SOLVERS, NonFiniteScoreError, potential, rademacher
 from lit_blind.physics import blur
 from lit_blind.priors import Prior
@@ -25,7 +25,8 @@ class BlurLikelihoodProbe(Probe):
 
     All (family, θ) inputs of one image share the same Hutchinson probes (common random numbers), so the
     curve θ ↦ q(h_θ ⋆ x) − q(x) carries far less noise than each value. θ = 0 (h₀ = δ) is evaluated once
-    per image and written for every family. Solver options as :func:`~lit_blind.likelihood.potential`
+    per image and written for every family. ``families``: names or :class:`~lit_blind.kernels.KernelFamily`
+    instances (YAML ``class_path``), built or checked at ``kernel_size``. Solver options as :func:`~lit_blind.likelihood.potential`
     (``divergence``: ``hutchinson`` or ``hutchinson-fd``).
 
     Rows: ``{image_id, family, theta, potential, stderr, nfe, seconds, sigma_eps}``.
@@ -35,7 +36,7 @@ class BlurLikelihoodProbe(Probe):
 
     def __init__(
         self,
-        families: Sequence[str] = ("gaussian", "motion", "airy", "defocus"),
+        families: Sequence[str | KernelFamily] = ("gaussian", "motion", "airy", "defocus"),
         thetas: Sequence[float] = tuple(0.5 * i for i in range(11)),
         kernel_size: int = 31,
         boundary: str = "circular",
@@ -49,7 +50,7 @@ class BlurLikelihoodProbe(Probe):
         batch_size: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.families = {name: family(name, size=kernel_size) for name in families}
+        self.families = families_by_name(families, kernel_size)
         self.thetas = [float(t) for t in thetas]
         if not self.thetas or sorted(self.thetas) != self.thetas:
             raise ValueError(f"thetas must be a non-empty increasing list, got {list(thetas)}")
