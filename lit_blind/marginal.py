@@ -17,8 +17,15 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   image). Measured (README): on the 32 real Levin captures the kept-pixel form scores 21/32 at ER ≤ 3 instead
   of 15/32, but on synthetic blurs (the ``make demo`` photo, BSD68 with turned Levin kernels) the weaker term
   lets kernels collapse toward the Dirac (demo kernel error 0.80 vs 0.43, PSNR −0.23 dB vs +0.80 dB), so the
-  default stays the full trace until a per-pixel variance settles it. ``covariance=False`` is joint MAP over
-  (x, h) with the same steps.
+  default stays the full trace. ``variance="tweedie"`` replaces C by the per-pixel Tweedie variance
+  σ_t² diag(∂ J_D ∂ᵀ) of the gradients (:func:`tweedie_gradient_variance`), each kernel entry weighted by the
+  variance of the kept gradients it multiplies: no constant at all. The Jacobian is taken at x_p + σ_t n, an
+  input at the denoiser's noise level: at the clean HQS image x_p itself the learned denoiser is off its
+  training distribution and its Jacobian is not a covariance (measured on camera: tr J/d = −1.85 at σ = 0.05
+  against 0.21 with the noise). Measured (README): it behaves like the kept-pixel form — better on the Levin
+  captures, the same collapse on the demo photo — so the question is the calibration between real and
+  synthetic blur, not the per-pixel shape of the variance. ``covariance=False`` is joint MAP over (x, h) with
+  the same steps.
 * **M-step** (kernel): the gradient-domain problem
   :math:`\min_{h\ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + c\|h\|^2` solved to its optimum on
   the k×k support (normal equations built by FFT, Toeplitz approximation of the Gram matrix; FISTA on h ≥ 0),
@@ -257,7 +264,9 @@ def marginal_em(
               + \operatorname{tr}(\nabla C \nabla^\top)\,\|h\|^2,\qquad z = D(x_p, \sigma_t)
 
     ``covariance`` switches the covariance term, ``masked_cov`` restricts its trace to the kept edge pixels
-    (default: the whole image; see the module docstring). ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
+    (default: the whole image), ``variance`` is ``hqs`` (the closed-form HQS covariance) or ``tweedie`` (the
+    denoiser's per-pixel variance at the kept pixels, 2 more denoiser calls per outer iteration); see the
+    module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image on the
@@ -326,10 +335,9 @@ def marginal_em(
                 evals += 1
             c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
             gv = None
-            if covariance and variance == "tweedie":
-                gv = tweedie_gradient_variance(
-                    prior, xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device), sig
-                )
+            if covariance and variance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
+                noisy = xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device)
+                gv = tweedie_gradient_variance(prior, noisy, sig)
                 evals += 2
                 c = float(gv[0].sum() + gv[1].sum())
             h = kernel_step(x, ys, k, c, edges, masked_cov, gv)
