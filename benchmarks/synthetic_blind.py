@@ -5,9 +5,11 @@ Each image is blurred by Levin kernel ``(3·n mod 8) + 1`` (n = the BSD68 number
 photographs nor the kernels are those of the Levin benchmark. Rows: the default EM (covariance term on),
 EM without it, and EM with the analytic ``GaussianPrior`` in place of the diffusion prior (covariance off);
 columns: error ratio (:func:`lit_blind.metrics.error_ratio`) and kernel error against the true kernel. The
-second row counts the covariance term over the kept edge gradients only (``masked_cov=True``).
+second row counts the covariance term over the kept edge gradients only (``masked_cov=True``), the third
+weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the kept gradients
+(``variance="tweedie"``). ``--rows`` keeps the rows whose label contains one of the given words.
 
-    python benchmarks/synthetic_blind.py [--images test003 test012 ...]
+    python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ IMAGES = ["test003", "test012", "test027", "test041", "test055", "test060", "tes
 CONFIGS = {
     "EM default (covariance on)": ("diffusion", {}),
     "EM, covariance over the kept gradients": ("diffusion", {"masked_cov": True}),
+    "EM, per-pixel Tweedie variance of the kept gradients": ("diffusion", {"variance": "tweedie"}),
     "EM without the covariance term": ("diffusion", {"covariance": False}),
     "EM with the GaussianPrior, no covariance": ("gaussian", {"covariance": False}),
 }
@@ -52,16 +55,18 @@ def problem(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", nargs="+", default=IMAGES)
+    ap.add_argument("--rows", nargs="+", default=None, help="only the rows whose label contains one of these words")
     args = ap.parse_args()
+    configs = {k: v for k, v in CONFIGS.items() if args.rows is None or any(w in k for w in args.rows)}
     if not (DATA / "natural" / "BSD68").is_dir():
         print(f"skipped: {DATA} not found")
         return
     torch.set_num_threads(1)
     priors = {"diffusion": load_prior("natural-gray-small"), "gaussian": GaussianPrior()}
-    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in CONFIGS}
+    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4)
-        for label, (prior, options) in CONFIGS.items():
+        for label, (prior, options) in configs.items():
             res = marginal_em(y, priors[prior], 31, init="large", **options)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))
             print(f"{name} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}")
