@@ -1,7 +1,7 @@
 """Every YAML config of configs/experiments, configs/benchmarks and configs/fit parses and instantiates its
 trainer, model and data (a new config is tested without a new test); partial configs are stacked on the
-config their header names. The runs themselves are smoke-tested in test_experiments, test_blind_module,
-test_fit and test_landscape."""
+config their header names. The runs themselves are smoke-tested in test_prior_evaluation, test_blind_deconv,
+test_score_training and test_landscape."""
 
 from pathlib import Path
 
