@@ -52,6 +52,7 @@ def test_blur_likelihood_runs_resumes_and_summarizes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     for fam in ("gaussian", "motion"):  # Theorem 1 under the Gaussian prior, seen through the ODE
         assert summary["families"][fam]["fraction_strictly_decreasing"] == 1.0
+        assert summary["families"][fam]["fraction_strictly_increasing"] == 0.0
         assert summary["families"][fam]["mean_decrease_q0_minus_qmax"] > 0
     assert (out / "figures" / "blur_likelihood.png").is_file() and (out / "config.yaml").is_file()
     before = _values(out)

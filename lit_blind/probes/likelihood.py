@@ -132,8 +132,8 @@ class BlurLikelihoodProbe(Probe):
                 }
 
     def summarize(self, rows: list[dict]) -> dict:
-        """Per family: fraction of images whose curve decreases strictly, mean q(x) − q(h_θmax ⋆ x), and the
-        mean ± std of q(h_θ ⋆ x) − q(x) over images."""
+        """Per family: fractions of images whose curve decreases / increases strictly, mean q(x) − q(h_θmax ⋆ x),
+        and the mean ± std of q(h_θ ⋆ x) − q(x) over images."""
         out: dict = {"thetas": self.thetas, "families": {}}
         for name in self.families:
             curves = self.curves(rows, name)
@@ -143,10 +143,11 @@ class BlurLikelihoodProbe(Probe):
                 [[c[t] - c[self.thetas[0]] for t in self.thetas] for c in curves.values()],
                 dtype=torch.float64,
             )
-            dec = [(torch.tensor([c[t] for t in self.thetas]).diff() < 0).all().item() for c in curves.values()]
+            steps = [torch.tensor([c[t] for t in self.thetas]).diff() for c in curves.values()]
             out["families"][name] = {
                 "images": len(curves),
-                "fraction_strictly_decreasing": sum(dec) / len(dec),
+                "fraction_strictly_decreasing": sum(bool((d < 0).all()) for d in steps) / len(steps),
+                "fraction_strictly_increasing": sum(bool((d > 0).all()) for d in steps) / len(steps),
                 "mean_decrease_q0_minus_qmax": (-rel[:, -1]).mean().item(),
                 "mean_curve": rel.mean(0).tolist(),
                 "std_curve": rel.std(0, unbiased=False).tolist(),
@@ -165,8 +166,8 @@ class BlurLikelihoodProbe(Probe):
         return self.blurred(x.to(torch.float64))[1].float().clamp(0, 1)
 
     def figures(self, rows: list[dict]) -> dict:
-        """``blur_likelihood``: mean ± std of q(h_θ ⋆ x) − q(x) per family (Fig. 7) and the curves of the
-        first image (Fig. 6)."""
+        """``blur_likelihood``: mean ± std of q(h_θ ⋆ x) − q(x) per family (Fig. 7), every image's curve of it,
+        and the curves of the first image (Fig. 6)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -175,18 +176,21 @@ class BlurLikelihoodProbe(Probe):
         summary = self.summarize(rows)["families"]
         if not summary:
             return {}
-        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax0, ax2, ax1) = plt.subplots(1, 3, figsize=(15, 4))
         th = torch.tensor(self.thetas)
-        for name, s in summary.items():
+        for k, (name, s) in enumerate(summary.items()):
             m, sd = torch.tensor(s["mean_curve"]), torch.tensor(s["std_curve"])
             ax0.plot(th, m, label=f"{name} ({s['images']} images)")
             ax0.fill_between(th, m - sd, m + sd, alpha=0.2)
+            for c in self.curves(rows, name).values():
+                ax2.plot(th, [c[t] - c[self.thetas[0]] for t in self.thetas], color=f"C{k}", lw=0.6, alpha=0.6)
         first = sorted({r["image_id"] for r in rows if "potential" in r})[0]
         for name in summary:
             c = self.curves(rows, name).get(first)
             if c is not None:
                 ax1.plot(th, [c[t] for t in self.thetas], "o-", ms=3, label=name)
         ax0.set(xlabel="θ (px)", ylabel="q(h_θ ⋆ x) − q(x)  [nats]", title="mean ± std over images")
+        ax2.set(xlabel="θ (px)", ylabel="q(h_θ ⋆ x) − q(x)  [nats]", title="every image (colour: family)")
         ax1.set(xlabel="θ (px)", ylabel="q(h_θ ⋆ x)  [nats]", title=f"image {first}")
         ax0.legend()
         ax1.legend()
