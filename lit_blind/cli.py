@@ -156,6 +156,16 @@ def deblur_parser() -> argparse.ArgumentParser:
         help="valid: a real photo (y is smaller than x); circular: a synthetic periodic blur (default: %(default)s)",
     )
     ap.add_argument("--force", action="store_true", help=f"accept --sigma-y outside (0, {SIGMA_Y_MAX}]")
+    em_only = ap.add_argument_group("EM only (--algorithm em)")
+    em_only.add_argument(
+        "--covariance",
+        default=None,
+        choices=list(EM_COVARIANCE),
+        help="the covariance term of the kernel step (README, Levin benchmark): full (over every pixel; best on "
+        "synthetic blur), kept (over the kept edge gradients), tweedie (the denoiser's per-pixel variance of the "
+        "kept gradients; best on the real Levin captures, 2x the denoiser calls) or none (joint MAP) "
+        "(default: full)",
+    )
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
     map_only.add_argument(
         "--preset",
@@ -169,6 +179,14 @@ def deblur_parser() -> argparse.ArgumentParser:
     return ap
 
 
+EM_COVARIANCE = {  # --covariance → marginal_em options
+    "full": {},
+    "kept": {"masked_cov": True},
+    "tweedie": {"variance": "tweedie"},
+    "none": {"covariance": False},
+}
+
+
 def deblur_main(argv: list[str]) -> int:
     args = deblur_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     if args.kernel_size < 3 or args.kernel_size % 2 == 0:
@@ -178,9 +196,12 @@ def deblur_main(argv: list[str]) -> int:
         given += ["--preset"] if args.preset is not None else []
         if given:
             raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
+        args.covariance = args.covariance or "full"
     else:
         from lit_blind.deconv import preset
 
+        if args.covariance is not None:
+            raise ValueError(f"--covariance applies to --algorithm em only, not to --algorithm {args.algorithm}")
         args.preset = args.preset or "fast"
         defaults = preset(args.preset, args.algorithm)
         for flag, _, name, _ in MAP_OPTIONS:
@@ -344,7 +365,8 @@ def _deblur_em(args, y, prior, state: dict):
             bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}", f=f"{s['data_fidelity']:.3g}", refresh=False)
             bar.update(1)
 
-        return marginal_em(y, prior, args.kernel_size, init=args.init, callback=progress)
+        options = EM_COVARIANCE[args.covariance]
+        return marginal_em(y, prior, args.kernel_size, init=args.init, callback=progress, **options)
 
 
 def _deblur_map(args, y, prior, state: dict):

@@ -86,6 +86,7 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--algorithm", "alternating", "--sigma-y", "10"], "--sigma-y must be in (0, 0.5]"),
         (["--iterations", "3"], "--iterations apply to --algorithm alternating|drs only"),
         (["--boundary", "circular"], "--algorithm em needs --boundary valid"),
+        (["--algorithm", "alternating", "--covariance", "kept"], "--covariance applies to --algorithm em only"),
         (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
         (["--prior", "missing/weights.pth"], "--prior names a file or folder that does not exist"),
     ],
@@ -151,6 +152,19 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
     assert "deblur (em)" in capsys.readouterr().err  # the progress bar
+
+
+def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
+    """--covariance tweedie: the per-pixel variance costs two denoiser calls per outer iteration more."""
+    evals = {}
+    for choice in ("full", "tweedie"):
+        out = tmp_path / choice
+        args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", choice]
+        assert main([*args, "--out", str(out)]) == 0
+        result = json.loads((out / "result.json").read_text())
+        assert result["settings"]["covariance"] == choice
+        evals[choice] = result["score_evals"]
+    assert evals["tweedie"] == 2 * evals["full"]
 
 
 def test_deblur_alternating_rgb_nonsquare_photo(tmp_path):
