@@ -8,8 +8,8 @@ that probe (the solver error, in nats), so a speed-up bought with error the base
 Printed, in this order:
 
 1. **Where the time goes** in one baseline potential: network forward, the divergence VJP, and the rest
-   (scipy, numpy↔torch and float64↔float32 casts), from the NFE and per-call timings of the same network;
-   and the per-image cost of one evaluation at batch 1, 2, 8 and 41 (what batching a θ grid can save).
+   (scipy, numpy↔torch and float64↔float32 casts), by timing those calls during the run; and the per-image
+   cost of one forward at batch 1, 2, 8 and 41 (what batching a θ grid can save).
 2. **Error against NFE** of every solver setting (mean over the images): seconds per potential, NFE, mean
    and largest |q − q_ref|, speed ratio to the baseline.
 
@@ -141,9 +141,9 @@ def main() -> None:
     prior = load(args.prior)
     names = ["camera", "moon", "coins", "text"][: args.images]
     xs = [torch.nn.functional.adaptive_avg_pool2d(embedded_image(n), args.size).double() for n in names]
+    probes = [rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(i)) for i, x in enumerate(xs)]
     rows: dict[str, list[tuple[float, int, float]]] = {m: [] for m in METHODS}
-    for i, x in enumerate(xs):
-        u = rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(i))
+    for i, (x, u) in enumerate(zip(xs, probes, strict=True)):
         ref = float(potential(prior, x, solver="rk45", rtol=1e-8, atol=1e-8, probes=u).value[0])
         for label, kw in METHODS.items():
             t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def main() -> None:
                 f"{names[i]}: {label}: q − q_ref {rows[label][-1][2]:+.2f} nats, NFE {rows[label][-1][1]}", flush=True
             )
 
-    prof = profile(prior, xs[0], rademacher((1, 1, *xs[0].shape[1:]), torch.Generator().manual_seed(0)))
+    prof = profile(prior, xs[0], probes[0])
     t_base = statistics.mean(r[0] for r in rows[BASELINE])
     nfe_base = statistics.mean(r[1] for r in rows[BASELINE])
     print(f"\nprior={args.prior}, {len(xs)} images {args.size}×{args.size}, one thread, one shared probe per image")
@@ -178,9 +178,7 @@ def main() -> None:
             f"{max(err):.2f} | {t_base / t:.1f}× |"
         )
     if args.figure:
-        integrand_figure(
-            prior, xs[0], rademacher((1, 1, *xs[0].shape[1:]), torch.Generator().manual_seed(0)), args.figure
-        )
+        integrand_figure(prior, xs[0], probes[0], args.figure)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,6 @@ class _Field:
         self, x: Tensor, sigma: Tensor, idx: Tensor, with_div: bool
     ) -> tuple[Tensor, Tensor | None]:
         """v(x) and u^T (v(x + εu) − v(x)) / ε per probe, ε = FD_STEP·σ, all in one batch without a graph."""
-        b = x.shape[0]
         with torch.no_grad():
             if not with_div:
                 return self._velocity(x, sigma), None
@@ -126,7 +125,7 @@ class _Field:
             xs = torch.cat([x[None], x[None] + eps * u]).flatten(0, 1)
             v = self._velocity(xs, sigma.repeat(len(u) + 1)).reshape(len(u) + 1, *x.shape)
             div = ((v[1:] - v[0]) / eps * u).flatten(2).sum(2).T  # (b, P)
-        return v[0], div.reshape(b, -1)
+        return v[0], div
 
     def _exact(self, v: Tensor, xg: Tensor) -> Tensor:
         d = xg[0].numel()

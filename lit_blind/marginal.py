@@ -55,16 +55,8 @@ from torch import Tensor
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind.deconv import DeblurResult
 from lit_blind.io import to_channels
-from lit_blind.physics import data_fidelity, prox_data_unchecked
+from lit_blind.physics import data_fidelity, image_gradient, image_gradient_adjoint, prox_data_unchecked
 from lit_blind.priors import Prior
-
-
-def _dx(u: Tensor) -> Tensor:
-    return u[..., :, 1:] - u[..., :, :-1]
-
-
-def _dy(u: Tensor) -> Tensor:
-    return u[..., 1:, :] - u[..., :-1, :]
 
 
 def kernel_normal_equations(gs: list[Tensor], ys: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
@@ -120,7 +112,7 @@ def kernel_step(
     entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
     window that y sees: the exact expectation of the masked data term under independent gradient errors.
     Returns a (1, 1, k, k) kernel (true convolution)."""
-    gz = [_dx(z), _dy(z)]
+    gz = list(image_gradient(z))
     masks = [torch.ones_like(g) for g in gz]
     if edges > 0:
         mag = (gz[0][..., :-1, :] ** 2 + gz[1][..., :, :-1] ** 2).sqrt()
@@ -130,11 +122,10 @@ def kernel_step(
         gz = [g * m for g, m in zip(gz, masks, strict=True)]
         if masked_cov:
             reg = reg * float(keep.mean())
-    gy = [_dx(y), _dy(y)]
+    gy = list(image_gradient(y))
     M, b = kernel_normal_equations(gz, gy, k)
-    if (
-        grad_var is not None
-    ):  # Σ_i (mask·var)(i + m) over y's window, per flipped kernel index m (≥ 0 up to Hutchinson noise)
+    if grad_var is not None:
+        # Σ_i (mask·var)(i + m) over y's window, per flipped kernel index m (≥ 0 up to Hutchinson noise)
         window = [tuple(g.shape[-2:]) for g in gy]
         reg = sum(
             F.avg_pool2d(m * v, w, stride=1) * (w[0] * w[1]) for m, v, w in zip(masks, grad_var, window, strict=True)
@@ -155,16 +146,16 @@ def tweedie_gradient_variance(
     The diagonal is Hutchinson's estimate :math:`u \odot \partial_d J_D \partial_d^\top u` with Rademacher u on
     both gradient grids at once (the cross terms have zero mean), :math:`J_D w` by a central difference of the
     denoiser with step ε = σ/100 (float32 rounding ≈ 1e-7/ε ≪ the entries of J_D; the curvature error ε² is
-    far below). Costs 2 × ``probes`` denoiser calls; shapes of ``_dx(x)`` and ``_dy(x)``."""
+    far below). Costs 2 × ``probes`` denoiser calls; shapes of :func:`~lit_blind.physics.image_gradient`."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     eps = sigma / 100
-    out = [torch.zeros_like(_dx(x)), torch.zeros_like(_dy(x))]
+    out = [torch.zeros_like(g) for g in image_gradient(x)]
     for _ in range(int(probes)):
         u = [torch.randint(0, 2, o.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1 for o in out]
-        w = F.pad(u[0], (1, 0)) - F.pad(u[0], (0, 1)) + F.pad(u[1], (0, 0, 1, 0)) - F.pad(u[1], (0, 0, 0, 1))
+        w = image_gradient_adjoint(*u)
         jw = (_denoise(prior, x + eps * w, sigma) - _denoise(prior, x - eps * w, sigma)) / (2 * eps)
-        out[0] += u[0] * _dx(jw)
-        out[1] += u[1] * _dy(jw)
+        for o, ui, g in zip(out, u, image_gradient(jw), strict=True):
+            o += ui * g
     return out[0] * sigma**2 / probes, out[1] * sigma**2 / probes
 
 
@@ -333,13 +324,14 @@ def marginal_em(
                 xp = _hqs_prox(x, ys, h, rho)
                 x = _denoise(prior, xp, sig)
                 evals += 1
-            c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho) if covariance else 0.0
-            gv = None
+            c, gv = 0.0, None
             if covariance and variance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
                 noisy = xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device)
                 gv = tweedie_gradient_variance(prior, noisy, sig)
                 evals += 2
                 c = float(gv[0].sum() + gv[1].sum())
+            elif covariance:
+                c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
             h = kernel_step(x, ys, k, c, edges, masked_cov, gv)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (

@@ -20,7 +20,7 @@ from deepinv.optim.linear import conjugate_gradient
 from torch import Tensor
 
 from lit_blind._checks import check_image, check_positive
-from lit_blind.physics import _transfer, adjoint, blur
+from lit_blind.physics import _transfer, adjoint, blur, image_gradient, image_gradient_adjoint
 
 
 def _pad_to(h: Tensor, size: int) -> Tensor:
@@ -105,14 +105,6 @@ def nonblind_deconvolution(y: Tensor, h: Tensor, lam: float = 2e-3) -> Tensor:
     return torch.fft.irfft2(xf, s=shape)[..., k:-k, k:-k]
 
 
-def _grad(x: Tensor) -> tuple[Tensor, Tensor]:
-    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-
-
-def _grad_adjoint(gx: Tensor, gy: Tensor) -> Tensor:
-    return F.pad(gx, (1, 0)) - F.pad(gx, (0, 1)) + F.pad(gy, (0, 0, 1, 0)) - F.pad(gy, (0, 0, 0, 1))
-
-
 def sparse_deconvolution(
     y: Tensor,
     h: Tensor,
@@ -146,12 +138,12 @@ def sparse_deconvolution(
     wx = wy = torch.full((), weight, dtype=y.dtype, device=y.device)
     for it in range(int(irls) + 1):
         if it:
-            gx, gy = _grad(x)
+            gx, gy = image_gradient(x)
             wx, wy = weight * gx.abs().clamp_min(0.01) ** (alpha - 2), weight * gy.abs().clamp_min(0.01) ** (alpha - 2)
 
         def normal(u: Tensor, wx=wx, wy=wy) -> Tensor:
-            ux, uy = _grad(u)
-            return adjoint(blur(u, h, "valid"), h, "valid") + _grad_adjoint(wx * ux, wy * uy)
+            ux, uy = image_gradient(u)
+            return adjoint(blur(u, h, "valid"), h, "valid") + image_gradient_adjoint(wx * ux, wy * uy)
 
         x = conjugate_gradient(normal, rhs, max_iter=max_iter, tol=tol, init=x)
     return x[..., lo : x.shape[-2] - hi, lo : x.shape[-1] - hi]

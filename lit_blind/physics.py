@@ -75,6 +75,17 @@ def adjoint(y: Tensor, h: Tensor, boundary: str = "circular") -> Tensor:
     return conv_transpose2d_fft(_expand(y, b), _expand(h, b), padding=boundary)
 
 
+def image_gradient(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward differences of ``(…, H, W)`` without padding: horizontal ``(…, H, W − 1)``, vertical ``(…, H − 1, W)``."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def image_gradient_adjoint(gx: Tensor, gy: Tensor) -> Tensor:
+    """The adjoint of :func:`image_gradient`: ``(…, H, W)`` from the two difference images."""
+    pad = torch.nn.functional.pad
+    return pad(gx, (1, 0)) - pad(gx, (0, 1)) + pad(gy, (0, 0, 1, 0)) - pad(gy, (0, 0, 0, 1))
+
+
 def data_fidelity(x: Tensor, y: Tensor, h: Tensor, boundary: str = "circular") -> Tensor:
     r"""The paper's data term per image, :math:`f(x, \theta) = \tfrac12\|h_\theta \star x - y\|^2`, shape (B,)."""
     r = blur(x, h, boundary) - y
