@@ -1,8 +1,8 @@
 """Every YAML config of configs/experiments, configs/benchmarks and configs/fit parses and instantiates its
-trainer, model and data (a new config is tested without a new test); partial configs are stacked on the
-config their header names. The runs themselves are smoke-tested in test_prior_evaluation, test_blind_deconv,
-test_score_training and test_landscape."""
+trainer, model and data, and runs to its end as a tiny CPU run (a new config is tested without a new test;
+`TINY` says what makes each one small); partial configs are stacked on the config their header names."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,3 +65,86 @@ def test_a_family_is_spelled_the_same_way_everywhere(tmp_path):
     assert cli.model.family.name == "simplex" and cli.model.family.size == 31
     cli.datamodule.setup()
     assert [i.split("/")[1] for i in cli.datamodule.problems["ids"][::2]][:2] == ["motion[3.0]", "gaussian[1.0]"]
+
+
+GAUSS = "{class_path: lit_blind.priors.GaussianPrior}"
+PROBE = "--model.init_args.probe.init_args."
+SMALL_LIKELIHOOD = [PROBE + "families", "[gaussian]", PROBE + "thetas", "[0.0, 2.5]", PROBE + "kernel_size", "7"]
+ONE_TEST_ITEM = {  # data module -> the overrides that leave it one test item
+    "ImageDataModule": ["--data.init_args.limit", "1", "--data.init_args.noise", "0"],
+    "LevinDataModule": ["--data.init_args.images", "[1]", "--data.init_args.kernels", "[1]"],
+}
+FEW_TRAINING_ITEMS = {  # data module -> the overrides that leave it a few training and validation items
+    "BinarizedMNISTDataModule": ["--data.init_args.limit_train", "4", "--data.init_args.limit_val", "2"],
+    "ImageFolderDataModule": ["--data.init_args.patches_per_epoch", "4", "--data.init_args.val_patches", "2"],
+}
+TINY = {  # what makes each config a tiny CPU run beyond the common overrides of _tiny_args (sizes, steps, grids)
+    "blur_likelihood": [*SMALL_LIKELIHOOD, "--data.init_args.size", "16"],
+    "blur_likelihood_bsd68": [*SMALL_LIKELIHOOD, "--data.init_args.size", "16"],
+    "critical_points": [PROBE + "steps", "20", PROBE + "record_every", "10"],
+    "hessian_spectrum": [PROBE + "descent_steps", "5"],
+    "hessian_at_critical_points": [],
+    "profile_noiseless": [*SMALL_LIKELIHOOD, "--data.init_args.size", "16"],
+    "profile_noisy": [*SMALL_LIKELIHOOD, PROBE + "sigma_ys", "[0.05]", PROBE + "momentum_steps", "3"]
+    + ["--data.init_args.size", "16"],
+    "timing": [PROBE + "repeats", "1", "--data.init_args.size", "16"],
+    "levin09": [PROBE + "inits", "[large]", PROBE + "K", "2", PROBE + "K_x", "2"],
+    "levin09_em": [PROBE + "inits", "[large]"],
+    "levin09_ffdnet": [PROBE + "inits", "[large]", PROBE + "K", "2", PROBE + "K_x", "2"],
+    "simplex_alternating": ["--model.init_args.family.init_args.size", "15", "--data.init_args.size", "32"]
+    + ["--data.init_args.kernels", "[{family: motion, theta: [2.0], size: 15}]"],
+    "zernike_alternating": ["--model.init_args.family.init_args.pupil_size", "64", "--data.init_args.size", "32"],
+    "drs_real": ["--model.init_args.family.init_args.size", "15", "--data.init_args.size", "32"],
+}
+
+
+def _tiny_args(config: Path, out: Path) -> tuple[list[str], str]:
+    """The config (stacked on the one it overrides) as a tiny CPU run: the analytic GaussianPrior, one test
+    image, two training or deconvolution steps on a few training items, an 8-channel UNet; returns (arguments, subcommand)."""
+    import yaml
+
+    stack = [ROOT / "configs" / ON_TOP_OF[config.stem]] if config.stem in ON_TOP_OF else []
+    files = [*stack, config]
+    yamls = [yaml.safe_load(f.read_text()) for f in files]
+    module, data = (
+        next(y[s]["class_path"] for y in yamls[::-1] if "class_path" in y.get(s, {})) for s in ("model", "data")
+    )
+    model = [y.get("model", {}) for y in yamls]
+    args = [a for c in files for a in ("--config", str(c))]
+    args += ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    args += ["--model.init_args.output_dir", str(out)]
+    if module.endswith("PriorEvaluationModule"):
+        return ["test", *args, "--model.init_args.prior", GAUSS, *ONE_TEST_ITEM[data.rsplit(".", 1)[1]]], "test"
+    args += ["--trainer.max_steps", "2", "--trainer.callbacks", "null"]
+    if module.endswith("BlindDeconvModule"):
+        args += ["--model.init_args.prior", GAUSS, "--model.init_args.K_x", "2", "--data.init_args.iterations", "2"]
+        return ["fit", *args], "fit"
+    unet = model[-1]["init_args"]["unet"]["init_args"]
+    width = str([8] * len(unet["block_out_channels"]))
+    args += ["--model.init_args.unet.init_args.block_out_channels", width]
+    args += ["--model.init_args.unet.init_args.norm_num_groups", "4", "--trainer.limit_val_batches", "1"]
+    args += ["--trainer.val_check_interval", "2", "--trainer.check_val_every_n_epoch", "null"]
+    args += ["--model.init_args.n_samples", "1", "--model.init_args.sample_steps", "2"]
+    args += ["--data.init_args.batch_size", "2", *FEW_TRAINING_ITEMS[data.rsplit(".", 1)[1]]]
+    return ["fit", *args], "fit"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_runs_tiny(config, tmp_path, shared_data, monkeypatch):
+    """Every config runs to its end as a tiny CPU run and writes its results under output_dir."""
+    assert config.stem in TINY or config.parent.name == "fit", f"add a tiny-run recipe for {config.stem} to TINY"
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args, command = _tiny_args(config, out)
+    args += TINY.get(config.stem, [])
+    if config.stem == "hessian_at_critical_points":  # its critical points come from a tiny critical_points run
+        cp = ROOT / "configs" / "experiments" / "critical_points.yaml"
+        run_lightning_cli(_tiny_args(cp, tmp_path / "cp")[0] + TINY["critical_points"])
+        args += [PROBE + "points", str(tmp_path / "cp" / "critical_points")]
+    cli = run_lightning_cli(args)
+    if command == "test":
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert rows and not any("error" in row for row in rows)
+        assert json.loads((out / "summary.json").read_text())
+    else:
+        assert cli.trainer.global_step == 2
