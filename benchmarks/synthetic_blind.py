@@ -5,9 +5,9 @@ Each image is blurred by Levin kernel ``(3·n mod 8) + 1`` (n = the BSD68 number
 photographs nor the kernels are those of the Levin benchmark. Rows: the default EM (covariance term on),
 EM without it, and EM with the analytic ``GaussianPrior`` in place of the diffusion prior (covariance off);
 columns: error ratio (:func:`lit_blind.metrics.error_ratio`) and kernel error against the true kernel. The
-second row counts the covariance term over the kept edge gradients only (``masked_cov=True``), the third
+second row counts the covariance term over the kept edge gradients only (``covariance="kept"``), the third
 weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the kept gradients
-(``variance="tweedie"``). ``--rows`` keeps the rows whose label contains one of the given words.
+(``covariance="tweedie"``). ``--rows`` keeps the rows whose label contains one of the given words.
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default]
 """
@@ -32,10 +32,10 @@ DATA = data_path("../shared/data")
 IMAGES = ["test003", "test012", "test027", "test041", "test055", "test060", "test066", "test019"]
 CONFIGS = {
     "EM default (covariance on)": ("diffusion", {}),
-    "EM, covariance over the kept gradients": ("diffusion", {"masked_cov": True}),
-    "EM, per-pixel Tweedie variance of the kept gradients": ("diffusion", {"variance": "tweedie"}),
-    "EM without the covariance term": ("diffusion", {"covariance": False}),
-    "EM with the GaussianPrior, no covariance": ("gaussian", {"covariance": False}),
+    "EM, covariance over the kept gradients": ("diffusion", {"covariance": "kept"}),
+    "EM, per-pixel Tweedie variance of the kept gradients": ("diffusion", {"covariance": "tweedie"}),
+    "EM without the covariance term": ("diffusion", {"covariance": "none"}),
+    "EM with the GaussianPrior, no covariance": ("gaussian", {"covariance": "none"}),
 }
 
 

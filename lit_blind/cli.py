@@ -160,7 +160,7 @@ def deblur_parser() -> argparse.ArgumentParser:
     em_only.add_argument(
         "--covariance",
         default=None,
-        choices=list(EM_COVARIANCE),
+        choices=EM_COVARIANCES,
         help="the covariance term of the kernel step (README, Levin benchmark): full (over every pixel; best on "
         "synthetic blur), kept (over the kept edge gradients), tweedie (the denoiser's per-pixel variance of the "
         "kept gradients; best on the real Levin captures, 2x the denoiser calls) or none (joint MAP) "
@@ -179,12 +179,7 @@ def deblur_parser() -> argparse.ArgumentParser:
     return ap
 
 
-EM_COVARIANCE = {  # --covariance → marginal_em options
-    "full": {},
-    "kept": {"masked_cov": True},
-    "tweedie": {"variance": "tweedie"},
-    "none": {"covariance": False},
-}
+EM_COVARIANCES = ("full", "kept", "tweedie", "none")  # lit_blind.marginal.COVARIANCES, without importing torch
 
 
 def deblur_main(argv: list[str]) -> int:
@@ -365,8 +360,7 @@ def _deblur_em(args, y, prior, state: dict):
             bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}", f=f"{s['data_fidelity']:.3g}", refresh=False)
             bar.update(1)
 
-        options = EM_COVARIANCE[args.covariance]
-        return marginal_em(y, prior, args.kernel_size, init=args.init, callback=progress, **options)
+        return marginal_em(y, prior, args.kernel_size, init=args.init, covariance=args.covariance, callback=progress)
 
 
 def _deblur_map(args, y, prior, state: dict):

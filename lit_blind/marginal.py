@@ -12,19 +12,19 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   :math:`C = \sigma_t^2 (H^\top H/\rho + I)^{-1}` the covariance of the HQS image given z (closed form in
   Fourier, circular approximation). This is Levin et al.'s term that makes the no-blur kernel costly when x is
   uncertain (their eq. 9 with a diagonal covariance). By default the trace runs over every pixel, although the
-  kernel step sees only the kept edge gradients; ``masked_cov=True`` counts the kept pixels only, which is what
+  kernel step sees only the kept edge gradients; ``covariance="kept"`` counts the kept pixels only, which is what
   the masked data term's expectation gives for a stationary variance (≈ 26× smaller at k = 31 on a 255²
   image). Measured (README): on the 32 real Levin captures the kept-pixel form scores 21/32 at ER ≤ 3 instead
   of 15/32, but on synthetic blurs (the ``make demo`` photo, BSD68 with turned Levin kernels) the weaker term
   lets kernels collapse toward the Dirac (demo kernel error 0.80 vs 0.43, PSNR −0.23 dB vs +0.80 dB), so the
-  default stays the full trace. ``variance="tweedie"`` replaces C by the per-pixel Tweedie variance
+  default stays the full trace (``covariance="full"``). ``covariance="tweedie"`` replaces C by the per-pixel Tweedie variance
   σ_t² diag(∂ J_D ∂ᵀ) of the gradients (:func:`tweedie_gradient_variance`), each kernel entry weighted by the
   variance of the kept gradients it multiplies: no constant at all. The Jacobian is taken at x_p + σ_t n, an
   input at the denoiser's noise level: at the clean HQS image x_p itself the learned denoiser is off its
   training distribution and its Jacobian is not a covariance (measured on camera: tr J/d = −1.85 at σ = 0.05
   against 0.21 with the noise). Measured (README): it behaves like the kept-pixel form — better on the Levin
   captures, the same collapse on the demo photo — so the question is the calibration between real and
-  synthetic blur, not the per-pixel shape of the variance. ``covariance=False`` is joint MAP over (x, h) with
+  synthetic blur, not the per-pixel shape of the variance. ``covariance="none"`` is joint MAP over (x, h) with
   the same steps.
 * **M-step** (kernel): the gradient-domain problem
   :math:`\min_{h\ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + c\|h\|^2` solved to its optimum on
@@ -216,6 +216,9 @@ def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
     return z
 
 
+COVARIANCES = ("full", "kept", "tweedie", "none")  # marginal_em's covariance terms (module docstring)
+
+
 def pyramid(kernel_size: int, min_kernel: int = 5, ratio: float = math.sqrt(0.5)) -> list[tuple[float, int]]:
     """(image scale, kernel size) of every level, coarse first: scales ratio^l, odd kernel sizes ≥ ``min_kernel``."""
     levels, s = [], 1.0
@@ -241,10 +244,8 @@ def marginal_em(
     sigma_start: float = 0.05,
     sigma_end: float = 0.015,
     rho: float = 0.1,
-    covariance: bool = True,
+    covariance: str = "full",
     edges: float = 20.0,
-    masked_cov: bool = False,
-    variance: str = "hqs",
     min_kernel: int = 5,
     init: str = "small",
     callback: Callable[[dict], None] | None = None,
@@ -254,10 +255,10 @@ def marginal_em(
     .. math:: h \leftarrow \operatorname{argmin}_{h \ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2
               + \operatorname{tr}(\nabla C \nabla^\top)\,\|h\|^2,\qquad z = D(x_p, \sigma_t)
 
-    ``covariance`` switches the covariance term, ``masked_cov`` restricts its trace to the kept edge pixels
-    (default: the whole image), ``variance`` is ``hqs`` (the closed-form HQS covariance) or ``tweedie`` (the
-    denoiser's per-pixel variance at the kept pixels, 2 more denoiser calls per outer iteration); see the
-    module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
+    ``covariance``: the covariance term of the kernel step (:data:`COVARIANCES`): ``full`` (the closed-form HQS
+    covariance traced over the whole image), ``kept`` (the same trace over the kept edge pixels only),
+    ``tweedie`` (the denoiser's per-pixel variance at the kept pixels, 2 more denoiser calls per outer
+    iteration) or ``none`` (joint MAP); see the module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image on the
@@ -292,7 +293,7 @@ def marginal_em(
     if sigma_end > sigma_start:
         raise ValueError(f"sigma_end must not exceed sigma_start ({sigma_start}), got {sigma_end}")
     check_choice("init", init, ("small", "large"))
-    check_choice("variance", variance, ("hqs", "tweedie"))
+    check_choice("covariance", covariance, COVARIANCES)
     check_positive("rho", rho)
     check_positive("edges", edges, allow_zero=True)
     y = y.to(torch.float64)
@@ -325,14 +326,14 @@ def marginal_em(
                 x = _denoise(prior, xp, sig)
                 evals += 1
             c, gv = 0.0, None
-            if covariance and variance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
+            if covariance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
                 noisy = xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device)
                 gv = tweedie_gradient_variance(prior, noisy, sig)
                 evals += 2
                 c = float(gv[0].sum() + gv[1].sum())
-            elif covariance:
+            elif covariance != "none":
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
-            h = kernel_step(x, ys, k, c, edges, masked_cov, gv)
+            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),

@@ -167,6 +167,13 @@ def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
     assert evals["tweedie"] == 2 * evals["full"]
 
 
+def test_deblur_covariance_choices_are_the_engines():
+    from lit_blind.cli import EM_COVARIANCES
+    from lit_blind.marginal import COVARIANCES
+
+    assert EM_COVARIANCES == COVARIANCES
+
+
 def test_deblur_alternating_rgb_nonsquare_photo(tmp_path):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 30, 37, generator=gen)

@@ -145,7 +145,7 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
         ({"sigma_start": 0.01, "sigma_end": 0.02}, "sigma_end must not exceed"),
         ({"iters": 0}, "iters must be a positive integer"),
         ({"init": "oracle"}, "init must be one of"),
-        ({"variance": "sampled"}, "variance must be one of"),
+        ({"covariance": "sampled"}, "covariance must be one of"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -175,7 +175,7 @@ def test_deblur_em_rejects_settings_it_cannot_honour():
 
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance=False)
+    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance="none")
     on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1)
     assert all(c == 0 for c in off.history["covariance"]) and all(c > 0 for c in on.history["covariance"])
     assert not torch.allclose(on.kernel, off.kernel)
