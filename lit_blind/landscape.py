@@ -28,6 +28,7 @@ from torch import Tensor
 
 from lit_blind._checks import check_choice, check_positive
 from lit_blind.kernels import KernelFamily, perturbed_kernel
+from lit_blind.likelihood import PotentialResult
 from lit_blind.physics import adjoint, blur, data_fidelity, pinv
 from lit_blind.priors import Prior
 
@@ -276,6 +277,7 @@ class ProfileResult:
     argmin: float
     local_min_near_truth: bool
     depth: float
+    stderr: list[float] | None = None
 
 
 def _summarize_profile(thetas, values, theta_bar, lam) -> ProfileResult:
@@ -336,7 +338,9 @@ def noisy_profile(
               \nabla_x \ell_y = H_\theta^\top(H_\theta x - y) - \sigma_y^2 s(x, \sigma_\varepsilon)
 
     from each start (``y``, ``pinv`` = H_θ⁻¹y with h + 1e-3δ), keeping the end point of lowest ℓ_y (q by
-    ``potential_fn``). ``step`` is in units of 1/L with L = 1 + (σ_y/σ_ε)² (the Lipschitz bound).
+    ``potential_fn``: a (B,) tensor, or a :class:`~lit_blind.likelihood.PotentialResult` whose standard error
+    over probes, times σ_y², becomes the profile's ``stderr``). ``step`` is in units of 1/L with
+    L = 1 + (σ_y/σ_ε)² (the Lipschitz bound).
     """
 
     sigma = prior.check_sigma(prior.sigma_min if sigma_eps is None else sigma_eps, "sigma_eps")
@@ -348,6 +352,7 @@ def noisy_profile(
     ys = y.expand(len(thetas), *y.shape[1:])
     s_eff = step / (1 + (sigma_y / sigma) ** 2)
     best = torch.full((len(thetas),), math.inf, dtype=torch.float64)
+    best_se = torch.zeros(len(thetas), dtype=torch.float64)
     for start in starts:
         x = ys.clone() if start == "y" else pinv(ys, perturbed_kernel(h, 1e-3))
         prev = x.clone()
@@ -355,9 +360,15 @@ def noisy_profile(
             with torch.no_grad():
                 g = adjoint(blur(x, h) - ys, h) - sigma_y**2 * prior.score(x, sigma)
             x, prev = x - s_eff * g + momentum * (x - prev), x
-        ell = data_fidelity(x, ys, h).double() + sigma_y**2 * potential_fn(x).double()
+        q = potential_fn(x)
+        q, se = (q.value, q.stderr) if isinstance(q, PotentialResult) else (q, None)
+        ell = data_fidelity(x, ys, h).double() + sigma_y**2 * q.double()
+        if se is not None:
+            best_se = torch.where(ell < best, sigma_y**2 * se.double(), best_se)
         best = torch.minimum(best, ell)
-    return _summarize_profile(thetas, best.tolist(), float(theta_bar), None)
+    prof = _summarize_profile(thetas, best.tolist(), float(theta_bar), None)
+    prof.stderr = best_se.tolist() if se is not None else None
+    return prof
 
 
 def check_local_minimizer(

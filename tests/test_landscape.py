@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -142,6 +144,55 @@ def test_noisy_profile_runs_and_prefers_small_kernels_at_high_noise(gen):
     assert prof.argmin == 0.0  # Theorem 5: at high noise the no-blur solution wins
 
 
+def test_noisy_profile_error_bars_are_sigma_y_squared_times_the_potentials(gen):
+    """A PotentialResult from potential_fn: the profile keeps the standard error of the start it keeps, times σ_y²."""
+    from lit_blind.likelihood import PotentialResult
+
+    prior = GaussianPrior()
+    x = torch.rand(1, 1, 24, 24, generator=gen, dtype=D)
+    fam = family("gaussian", size=15)
+    y = add_noise(blur(x, fam(torch.tensor([[2.0]], dtype=D))), 0.1, gen)
+
+    def q(z):
+        v = -prior.log_prob(z, 0.01).double()
+        return PotentialResult(v, torch.zeros_like(v), torch.full_like(v, 3.0), v[:, None], 0.01)
+
+    args = (y, fam, [0.0, 1.0, 2.0], 2.0)
+    prof = noisy_profile(prior, q, *args, sigma_y=0.1, iterations=5)
+    plain = noisy_profile(prior, lambda z: q(z).value, *args, sigma_y=0.1, iterations=5)
+    assert prof.values == plain.values and plain.stderr is None
+    torch.testing.assert_close(torch.tensor(prof.stderr, dtype=D), torch.full((3,), 0.1**2 * 3.0, dtype=D))
+
+
+def test_profile_probe_reports_the_probe_spread(tmp_path):
+    """n_probes Hutchinson probes: every noisy-profile row carries a positive, finite standard error per θ."""
+    _, out = _landscape_run(
+        tmp_path,
+        "profile_noisy",
+        "--model.init_args.prior",
+        "{class_path: lit_blind.priors.GaussianPrior}",
+        "--model.init_args.probe.init_args.exact",
+        "false",
+        "--model.init_args.probe.init_args.n_probes",
+        "3",
+        "--model.init_args.probe.init_args.families",
+        "[gaussian]",
+        "--model.init_args.probe.init_args.thetas",
+        "[1.5, 2.5]",
+        "--model.init_args.probe.init_args.kernel_size",
+        "7",
+        "--model.init_args.probe.init_args.sigma_ys",
+        "[0.05]",
+        "--model.init_args.probe.init_args.momentum_steps",
+        "3",
+        "--data.init_args.noise",
+        "0",
+    )
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and len(rows[0]["stderr"]) == 2
+    assert all(0 < s < float("inf") for s in rows[0]["stderr"])
+
+
 def _landscape_run(tmp_path, config, *extra):
     from pathlib import Path
 
@@ -165,8 +216,6 @@ def _landscape_run(tmp_path, config, *extra):
             *extra,
         ]
     )
-    import json
-
     return json.loads((out / "summary.json").read_text()), out
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lit_blind._checks import check_choice
 from lit_blind.kernels import KernelFamily, families_by_name
 from lit_blind.landscape import find_critical_point, hessian_spectrum, noiseless_profile, noisy_profile
-from lit_blind.likelihood import potential, rademacher
+from lit_blind.likelihood import DIVERGENCES, PotentialResult, potential, rademacher
 from lit_blind.physics import add_noise, blur
 from lit_blind.priors import Prior
 from lit_blind.probes.base import Probe, image_generator
@@ -34,17 +35,31 @@ class _Potential:
     """q on a batch with probes shared by the batch (common random numbers), reproducible per image."""
 
     def __init__(
-        self, prior: Prior, image_id: str, seed: int, solver: str, rtol: float, steps: int, exact: bool
+        self,
+        prior: Prior,
+        image_id: str,
+        seed: int,
+        solver: str,
+        rtol: float,
+        steps: int,
+        exact: bool,
+        n_probes: int = 1,
+        divergence: str = "hutchinson",
     ) -> None:
-        self.prior, self.exact = prior, exact
-        self.kw = dict(solver=solver, rtol=rtol, atol=rtol, steps=steps)
+        self.prior, self.exact, self.n_probes = prior, exact, int(n_probes)
+        self.kw = dict(solver=solver, rtol=rtol, atol=rtol, steps=steps, divergence=divergence)
         self.gen_args = (seed, image_id)
 
     def __call__(self, x: Tensor) -> Tensor:
+        return self.result(x).value
+
+    def result(self, x: Tensor) -> PotentialResult:
+        """The potential with its standard error over the probes (None for one probe or an exact prior)."""
         if self.exact and self.prior.has_log_prob:
-            return -self.prior.log_prob(x, self.prior.sigma_min)
-        u = rademacher((1, 1, *x.shape[1:]), image_generator(*self.gen_args), device=x.device)
-        return potential(self.prior, x, probes=u, **self.kw).value
+            v = -self.prior.log_prob(x, self.prior.sigma_min).double()
+            return PotentialResult(v, torch.zeros_like(v), None, v[:, None], self.prior.sigma_min)
+        u = rademacher((self.n_probes, 1, *x.shape[1:]), image_generator(*self.gen_args), device=x.device)
+        return potential(self.prior, x, probes=u, **self.kw)
 
 
 class CriticalPointProbe(Probe):
@@ -234,7 +249,9 @@ class ProfileProbe(Probe):
     """§4, Figs. 9–10: ℓ(θ) around θ̄ for each family; noise-free when ``sigma_ys`` is empty, else the noisy
     profile for each σ_y (momentum descent, eq. 15). ``descent_steps`` > 0 first moves x̄ to a critical point.
     ``families``: names or :class:`~lit_blind.kernels.KernelFamily` instances (YAML ``class_path``) at
-    ``kernel_size``."""
+    ``kernel_size``. ``n_probes`` Hutchinson probes per potential (shared by every θ): on a noisy profile
+    their standard error times σ_y² is the row's ``stderr`` and the figure's error bars; ``divergence`` as in
+    :func:`~lit_blind.likelihood.potential`."""
 
     key = ("image_id", "family", "sigma_y")
 
@@ -255,8 +272,14 @@ class ProfileProbe(Probe):
         ode_steps: int = 32,
         exact: bool = True,
         seed: int = 0,
+        n_probes: int = 1,
+        divergence: str = "hutchinson",
     ) -> None:
+        if int(n_probes) != n_probes or n_probes < 1:
+            raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
+        check_choice("divergence", divergence, DIVERGENCES)
         self.families = families_by_name(families, kernel_size)
+        self.n_probes, self.divergence = int(n_probes), divergence
         self.thetas, self.theta_bar = [float(t) for t in thetas], float(theta_bar)
         self.sigma_ys = [float(s) for s in sigma_ys]
         self.momentum_steps, self.step, self.momentum = int(momentum_steps), step, momentum
@@ -274,7 +297,10 @@ class ProfileProbe(Probe):
         x = x.to(torch.float64)
         if self.descent_steps:
             x = find_critical_point(prior, x, eta=self.eta, steps=self.descent_steps).x
-        q = _Potential(prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact)
+        q = _Potential(
+            prior, image_id, self.seed, self.solver, self.rtol, self.ode_steps, self.exact,
+            self.n_probes, self.divergence,
+        )  # fmt: skip
         for key in todo:
             fam, sigma_y = self.families[key["family"]], key["sigma_y"]
             if sigma_y == 0.0:
@@ -283,7 +309,7 @@ class ProfileProbe(Probe):
                 h = fam(torch.tensor([[self.theta_bar]], dtype=torch.float64))
                 y = add_noise(blur(x, h), sigma_y, image_generator(self.seed, image_id))
                 prof = noisy_profile(
-                    prior, q, y, fam, self.thetas, self.theta_bar, sigma_y=sigma_y,
+                    prior, q.result, y, fam, self.thetas, self.theta_bar, sigma_y=sigma_y,
                     step=self.step, momentum=self.momentum, iterations=self.momentum_steps,
                 )  # fmt: skip
             row = key | {
@@ -293,6 +319,7 @@ class ProfileProbe(Probe):
                 "argmin": prof.argmin,
                 "local_min_near_truth": prof.local_min_near_truth,
                 "depth": prof.depth,
+                "stderr": prof.stderr,
             }
             yield row
 
@@ -324,7 +351,8 @@ class ProfileProbe(Probe):
             for r in rows:
                 if r["family"] == name:
                     v = torch.tensor(r["values"])
-                    ax.plot(r["thetas"], v - v.min(), label=f"{r['image_id']} σy={r['sigma_y']}")
+                    label = f"{r['image_id']} σy={r['sigma_y']}"
+                    ax.errorbar(r["thetas"], v - v.min(), yerr=r.get("stderr"), capsize=2, label=label)
             ax.axvline(self.theta_bar, color="k", ls="--", lw=0.8)
             ax.set(title=name, xlabel="θ", ylabel="ℓ(θ) − min")
         axes[0][0].legend(fontsize=6)
