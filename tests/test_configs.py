@@ -16,6 +16,7 @@ ON_TOP_OF = {  # a partial config -> the config it overrides (see its first line
     "levin09_em": "benchmarks/levin09.yaml",
     "levin09_ffdnet": "benchmarks/levin09.yaml",
     "blur_likelihood_bsd68": "experiments/blur_likelihood.yaml",
+    "profile_noisy_breadth": "experiments/profile_noisy.yaml",
 }
 
 
@@ -87,6 +88,8 @@ TINY = {  # what makes each config a tiny CPU run beyond the common overrides of
     "profile_noiseless": [*SMALL_LIKELIHOOD, "--data.init_args.size", "16"],
     "profile_noisy": [*SMALL_LIKELIHOOD, PROBE + "sigma_ys", "[0.05]", PROBE + "momentum_steps", "3"]
     + ["--data.init_args.size", "16"],
+    "profile_noisy_breadth": [*SMALL_LIKELIHOOD, PROBE + "sigma_ys", "[0.05]", PROBE + "momentum_steps", "3"]
+    + ["--data.init_args.size", "16", PROBE + "ode_steps", "4"],
     "timing": [PROBE + "repeats", "1", "--data.init_args.size", "16"],
     "levin09": [PROBE + "inits", "[large]", PROBE + "K", "2", PROBE + "K_x", "2"],
     "levin09_em": [PROBE + "inits", "[large]"],
