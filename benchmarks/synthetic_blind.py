@@ -9,7 +9,7 @@ second row counts the covariance term over the kept edge gradients only (``covar
 weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the kept gradients
 (``covariance="tweedie"``). ``--rows`` keeps the rows whose label contains one of the given words.
 
-    python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default]
+    python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", nargs="+", default=IMAGES)
     ap.add_argument("--rows", nargs="+", default=None, help="only the rows whose label contains one of these words")
+    ap.add_argument("--iters", type=int, default=None, help="EM outer iterations per level (default: the engine's)")
     args = ap.parse_args()
     configs = {k: v for k, v in CONFIGS.items() if args.rows is None or any(w in k for w in args.rows)}
     if not (DATA / "natural" / "BSD68").is_dir():
@@ -67,7 +68,8 @@ def main() -> None:
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4)
         for label, (prior, options) in configs.items():
-            res = marginal_em(y, priors[prior], 31, init="large", **options)
+            iters = {} if args.iters is None else {"iters": args.iters}
+            res = marginal_em(y, priors[prior], 31, init="large", **options, **iters)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))
             print(f"{name} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}")
     print("| method | images | ER ≤ 3 | mean ER | median ER | mean kernel error | median kernel error |")
