@@ -65,10 +65,10 @@ def main() -> None:
     torch.set_num_threads(1)
     priors = {"diffusion": load_prior("natural-gray-small"), "gaussian": GaussianPrior()}
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
+    iters = {} if args.iters is None else {"iters": args.iters}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4)
         for label, (prior, options) in configs.items():
-            iters = {} if args.iters is None else {"iters": args.iters}
             res = marginal_em(y, priors[prior], 31, init="large", **options, **iters)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))
             print(f"{name} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}")

@@ -14,12 +14,13 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   uncertain (their eq. 9 with a diagonal covariance). By default the trace runs over every pixel, although the
   kernel step sees only the kept edge gradients; ``covariance="kept"`` counts the kept pixels only, which is what
   the masked data term's expectation gives for a stationary variance (≈ 26× smaller at k = 31 on a 255²
-  image). Measured (README): on the 32 real Levin captures the kept-pixel form scores 21/32 at ER ≤ 3 instead
-  of 15/32, but on synthetic blurs (the ``make demo`` photo, BSD68 with turned Levin kernels) the weaker term
-  lets kernels collapse toward the Dirac (demo kernel error 0.80 vs 0.43, PSNR −0.23 dB vs +0.80 dB), so the
-  default stays the full trace (``covariance="full"``). ``covariance="tweedie"`` replaces C by the per-pixel Tweedie variance
-  σ_t² diag(∂ J_D ∂ᵀ) of the gradients (:func:`tweedie_gradient_variance`), each kernel entry weighted by the
-  variance of the kept gradients it multiplies: no constant at all. The Jacobian is taken at x_p + σ_t n, an
+  image). Measured (README, 4 iterations per level): on the 32 real Levin captures the kept-pixel form scores
+  21/32 at ER ≤ 3 instead of 15/32, but on synthetic blurs (the ``make demo`` photo, BSD68 with turned Levin
+  kernels) the weaker term lets kernels collapse toward the Dirac (demo kernel error 0.80 vs 0.43, PSNR
+  −0.23 dB vs +0.80 dB), so the default stays the full trace (``covariance="full"``). ``covariance="tweedie"``
+  replaces C by the per-pixel Tweedie variance σ_t² diag(∂ J_D ∂ᵀ) of the gradients
+  (:func:`tweedie_gradient_variance`), each kernel entry weighted by the variance of the kept gradients it
+  multiplies: no constant at all. The Jacobian is taken at x_p + σ_t n, an
   input at the denoiser's noise level: at the clean HQS image x_p itself the learned denoiser is off its
   training distribution and its Jacobian is not a covariance (measured on camera: tr J/d = −1.85 at σ = 0.05
   against 0.21 with the noise). Measured (README): it behaves like the kept-pixel form — better on the Levin
@@ -262,7 +263,8 @@ def marginal_em(
     ``covariance``: the covariance term of the kernel step (:data:`COVARIANCES`): ``full`` (the closed-form HQS
     covariance traced over the whole image), ``kept`` (the same trace over the kept edge pixels only),
     ``tweedie`` (the denoiser's per-pixel variance at the kept pixels, 2 more denoiser calls per outer
-    iteration) or ``none`` (joint MAP); see the module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
+    iteration) or ``none`` (joint MAP); see the module docstring. ``init``: the coarsest kernel, ``small`` (a
+    3×3 box) or ``large`` (uniform over ``min_kernel`` pixels).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image on the
