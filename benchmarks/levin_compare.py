@@ -1,9 +1,12 @@
 """Levin 2009: every method on one cumulative error-ratio plot, with the two reference rows computed here.
 
 References scored with :func:`lit_blind.metrics.error_ratio` (the same yardstick as ``DeblurProbe``): the
-no-blur Dirac kernel, and the kernels of the ℓ0-gradient peer (Anger, Facciolo & Delbracio, IPOL 2019,
+no-blur Dirac kernel, the kernels of the ℓ0-gradient peer (Anger, Facciolo & Delbracio, IPOL 2019,
 ``../shared/data/levin09/peer_l0_kernels/``, correlation orientation: flipped to true convolution here, as the
-Levin loader does). Methods: the ``results.jsonl`` of Levin runs (``lit-blind test --config
+Levin loader does), and two oracle fits: the EM engine's kernel step (:func:`lit_blind.marginal.kernel_step`,
+no covariance term) given the true sharp image (replicate-padded by 15 px to the valid domain) instead of an
+estimate, once with every gradient and once with the engine's edge selection — the best kernel the blur model
+can fit to each capture, and what the edge selection alone costs. Methods: the ``results.jsonl`` of Levin runs (``lit-blind test --config
 configs/benchmarks/levin09*.yaml``), given as ``LABEL=PATH[:INIT]``.
 
     python benchmarks/levin_compare.py --out docs/levin_error_ratios_all.png \\
@@ -19,29 +22,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.kernels import dirac
+from lit_blind.marginal import kernel_step
 from lit_blind.metrics import error_ratio, kernel_error
 
 SHARED = data_path("../shared/data") / "levin09"
 
 
-def reference_rows() -> dict[str, dict[str, dict]]:
-    """{"Dirac …": {image_id: row}, "ℓ0 peer …": {...}}, rows with ``error_ratio`` and ``kernel_error``."""
+REFERENCES = {
+    "Dirac (no deblurring)": lambda y, sharp, name: dirac(31, torch.float64),
+    "ℓ0 peer (IPOL 2019)": lambda y, sharp, name: torch.from_numpy(
+        np.load(SHARED / "peer_l0_kernels" / f"{name}.npy")[::-1, ::-1].copy()
+    )[None, None],
+    "oracle: kernel step on the true image, all gradients": lambda y, sharp, name: kernel_step(
+        F.pad(sharp, (15,) * 4, mode="replicate"), y, 31, 0.0, edges=0
+    ),
+    "oracle: kernel step on the true image, edge selection": lambda y, sharp, name: kernel_step(
+        F.pad(sharp, (15,) * 4, mode="replicate"), y, 31, 0.0
+    ),
+}
+
+
+def reference_rows(labels: list[str]) -> dict[str, dict[str, dict]]:
+    """{label: {image_id: row}} for the given :data:`REFERENCES`, rows with ``error_ratio``, ``kernel_error`` and
+    ``no_blur_distance``."""
     dm = LevinDataModule(root=str(SHARED))
     dm.setup()
-    out: dict[str, dict[str, dict]] = {"Dirac (no deblurring)": {}, "ℓ0 peer (IPOL 2019)": {}}
+    out: dict[str, dict[str, dict]] = {label: {} for label in labels}
     for item in dm.items:
         y, sharp, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
-        peer = np.load(SHARED / "peer_l0_kernels" / f"{item['image_id']}.npy")[::-1, ::-1].copy()
-        for name, est in (
-            ("Dirac (no deblurring)", dirac(31, torch.float64)),
-            ("ℓ0 peer (IPOL 2019)", torch.from_numpy(peer)[None, None]),
-        ):
+        for label in labels:
+            est = REFERENCES[label](y, sharp, item["image_id"])
             row = {"error_ratio": error_ratio(y, sharp, est, h), "kernel_error": kernel_error(est, h)}
-            out[name][item["image_id"]] = row | {"no_blur_distance": kernel_error(est, dirac(31, torch.float64))}
+            out[label][item["image_id"]] = row | {"no_blur_distance": kernel_error(est, dirac(31, torch.float64))}
         print(item["image_id"], {k: round(v[item["image_id"]]["error_ratio"], 2) for k, v in out.items()}, flush=True)
     return out
 
@@ -58,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("methods", nargs="*", help="LABEL=results.jsonl[:INIT]")
     ap.add_argument("--out", default="outputs/levin_compare.png")
-    ap.add_argument("--no-references", action="store_true", help="skip the Dirac and ℓ0-peer rows (≈ 8 CPU minutes)")
+    ap.add_argument("--no-references", action="store_true", help="skip the reference rows (≈ 15 CPU minutes)")
     ap.add_argument("--references", default="outputs/levin_references.json", help="cache of the reference rows")
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -67,10 +84,13 @@ def main() -> None:
     table = dict(method_rows(m) for m in args.methods)
     if not args.no_references:
         cache = Path(args.references)
-        if not cache.is_file():
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+        missing = [label for label in REFERENCES if label not in known]
+        if missing:
+            known |= reference_rows(missing)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(reference_rows()))
-        table |= json.loads(cache.read_text())
+            cache.write_text(json.dumps(known))
+        table |= {label: known[label] for label in REFERENCES}
     import matplotlib
 
     matplotlib.use("Agg")

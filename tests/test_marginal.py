@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
+    edge_usefulness,
     gradient_covariance_trace,
     kernel_normal_equations,
     kernel_step,
@@ -79,6 +80,28 @@ def test_kernel_step_recovers_the_kernel_from_the_sharp_image():
     assert kernel_error(h, h_true) < 0.1
 
 
+def test_edge_usefulness_is_one_along_a_straight_edge_and_small_on_fine_stripes():
+    """Xu & Jia's r = ‖Σ_N ∇y‖ / Σ_N ‖∇y‖: every gradient of a straight step edge points the same way (r = 1);
+    on stripes one pixel wide, five columns of alternating ±1 differences leave one of five (r = 1/5)."""
+    edge = torch.zeros(1, 1, 40, 40, dtype=D)
+    edge[..., 20:] = 1.0
+    r = edge_usefulness(edge, 5)
+    assert r.shape == (1, 1, 39, 39)
+    torch.testing.assert_close(r[..., 17:22], torch.ones_like(r[..., 17:22]))  # windows that meet the edge
+    assert r[..., :10].abs().max() == 0  # no gradient at all: 0, not NaN
+    stripes = (torch.arange(40, dtype=D) % 2).expand(1, 1, 40, 40)
+    inner = edge_usefulness(stripes, 5)[..., 2:-2, 2:-2]
+    torch.testing.assert_close(inner, torch.full_like(inner, 0.2))
+
+
+def test_edge_window_changes_which_gradients_the_kernel_step_keeps():
+    x = _blocks(48, 48) + 0.3 * (torch.arange(48, dtype=D) % 2) * (torch.arange(48, dtype=D)[:, None] > 30)
+    y = blur(x, _motion_kernel(7), "valid")
+    plain = kernel_step(x, y, 7, 1.0, edges=5, edge_window=0)
+    assert not torch.allclose(plain, kernel_step(x, y, 7, 1.0, edges=5, edge_window=5))
+    torch.testing.assert_close(kernel_step(x, y, 7, 1.0, edges=0, edge_window=0), kernel_step(x, y, 7, 1.0, edges=0))
+
+
 def test_gradient_covariance_trace_matches_the_dense_formula():
     shape, rho, sigma = (6, 7), 0.3, 0.05
     h = gaussian_kernel(3, 0.8, torch.float64)
@@ -146,6 +169,7 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
         ({"iters": 0}, "iters must be a positive integer"),
         ({"init": "oracle"}, "init must be one of"),
         ({"covariance": "sampled"}, "covariance must be one of"),
+        ({"edge_window": 4}, "edge_window must be 0"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
