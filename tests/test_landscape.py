@@ -279,3 +279,18 @@ def test_hessian_probe_reads_saved_critical_points(tmp_path, gen):
         list(probe.run(prior, point, "other", probe.row_keys("other")))
     with pytest.raises(ValueError, match="points must be a folder"):
         HessianSpectrumProbe(points=str(tmp_path / "missing"))
+
+
+def test_profile_figure_gives_each_image_and_noise_level_one_colour_in_every_panel():
+    """Rows arrive in completion order, which differs between families: the colour of a curve must follow its
+    (image, σ_y), not its position, or the one legend misreads the other panels."""
+    from lit_blind.probes import ProfileProbe
+
+    def row(image, family, s):
+        return {"image_id": image, "family": family, "sigma_y": s, "thetas": [0.0, 1.0], "values": [1.0, 0.0]}
+
+    rows = [row("moon", "gaussian", 0.1), row("camera", "gaussian", 0.01), row("camera", "motion", 0.01)]
+    rows.append(row("moon", "motion", 0.1))
+    fig = ProfileProbe(families=("gaussian", "motion")).figures(rows)["profiles"]
+    per_panel = [{bar.get_label(): bar.lines[0].get_color() for bar in ax.containers} for ax in fig.axes]
+    assert per_panel[0] == per_panel[1] and len(set(per_panel[0].values())) == 2

@@ -341,20 +341,27 @@ class ProfileProbe(Probe):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
 
         rows = [r for r in rows if "values" in r]
         if not rows:
             return {}
         names = list(self.families)
+        rows = sorted(rows, key=lambda r: (r["image_id"], r["sigma_y"]))
+        # one colour per (image, σ_y) in every panel, so that the first panel's legend holds for all
+        labels = list(dict.fromkeys(f"{r['image_id']} σy={r['sigma_y']}" for r in rows))
+        colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
         fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
         for ax, name in zip(axes[0], names, strict=True):
             for r in rows:
                 if r["family"] == name:
                     v = torch.tensor(r["values"])
                     label = f"{r['image_id']} σy={r['sigma_y']}"
-                    ax.errorbar(r["thetas"], v - v.min(), yerr=r.get("stderr"), capsize=2, label=label)
+                    ax.errorbar(
+                        r["thetas"], v - v.min(), yerr=r.get("stderr"), capsize=2, label=label, color=colours[label]
+                    )
             ax.axvline(self.theta_bar, color="k", ls="--", lw=0.8)
             ax.set(title=name, xlabel="θ", ylabel="ℓ(θ) − min")
-        axes[0][0].legend(fontsize=6)
+        axes[0][0].legend(handles=[Line2D([], [], color=c, label=label) for label, c in colours.items()], fontsize=6)
         fig.tight_layout()
         return {"profiles": fig}
