@@ -137,10 +137,10 @@ def kernel_step(
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel`. Only the ``edges`` · 4k
     largest gradients of z enter (0 keeps all), ranked by their magnitude times :func:`edge_usefulness` of y
-    over ``edge_window`` pixels (0: by the magnitude alone, as Cho & Lee 2009); ``reg`` is the covariance trace over all gradient pixels, so
-    with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries the posterior variance of
-    the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). With ``grad_var``
-    (the per-pixel variances of ∂_x z and ∂_y z, shaped as those gradients) ``reg`` is unused and each kernel
+    over ``edge_window`` pixels (0: by the magnitude alone, as Cho & Lee 2009); ``reg`` is the covariance trace
+    over all gradient pixels, so with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries
+    the posterior variance of the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖²
+    + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those gradients) ``reg`` is unused and each kernel
     entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
     window that y sees: the exact expectation of the masked data term under independent gradient errors.
     Returns a (1, 1, k, k) kernel (true convolution)."""
