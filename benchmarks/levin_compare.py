@@ -6,8 +6,8 @@ no-blur Dirac kernel, the kernels of the ℓ0-gradient peer (Anger, Facciolo & D
 Levin loader does), and two oracle fits: the EM engine's kernel step (:func:`lit_blind.marginal.kernel_step`,
 no covariance term) given the true sharp image (replicate-padded by 15 px to the valid domain) instead of an
 estimate, once with every gradient and once with the engine's edge selection — the best kernel the blur model
-can fit to each capture, and what the edge selection alone costs. Methods: the ``results.jsonl`` of Levin runs (``lit-blind test --config
-configs/benchmarks/levin09*.yaml``), given as ``LABEL=PATH[:INIT]``.
+can fit to each capture, and what the edge selection alone costs. Methods: the ``results.jsonl`` of Levin runs
+(``lit-blind test --config configs/benchmarks/levin09*.yaml``), given as ``LABEL=PATH[:INIT]``.
 
     python benchmarks/levin_compare.py --out docs/levin_error_ratios_all.png \\
         "EM=outputs/levin09_em_nocov/results.jsonl:large" "Algorithm 1=old/results.jsonl:large"
@@ -33,17 +33,18 @@ from lit_blind.metrics import error_ratio, kernel_error
 SHARED = data_path("../shared/data") / "levin09"
 
 
+def _oracle(**selection):
+    """The engine's kernel step on the true sharp image (no covariance term), with the given edge selection."""
+    return lambda y, sharp, name: kernel_step(F.pad(sharp, (15,) * 4, mode="replicate"), y, 31, 0.0, **selection)
+
+
 REFERENCES = {
     "Dirac (no deblurring)": lambda y, sharp, name: dirac(31, torch.float64),
     "ℓ0 peer (IPOL 2019)": lambda y, sharp, name: torch.from_numpy(
         np.load(SHARED / "peer_l0_kernels" / f"{name}.npy")[::-1, ::-1].copy()
     )[None, None],
-    "oracle: kernel step on the true image, all gradients": lambda y, sharp, name: kernel_step(
-        F.pad(sharp, (15,) * 4, mode="replicate"), y, 31, 0.0, edges=0
-    ),
-    "oracle: kernel step on the true image, edge selection": lambda y, sharp, name: kernel_step(
-        F.pad(sharp, (15,) * 4, mode="replicate"), y, 31, 0.0
-    ),
+    "oracle: kernel step on the true image, all gradients": _oracle(edges=0),
+    "oracle: kernel step on the true image, edge selection": _oracle(),
 }
 
 

@@ -71,12 +71,12 @@ def main() -> None:
     torch.set_num_threads(1)
     priors = {"diffusion": load_prior("natural-gray-small"), "gaussian": GaussianPrior()}
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
-    iters = {} if args.iters is None else {"iters": args.iters}
-    iters |= {} if args.edge_window is None else {"edge_window": args.edge_window}
+    engine = {} if args.iters is None else {"iters": args.iters}
+    engine |= {} if args.edge_window is None else {"edge_window": args.edge_window}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4)
         for label, (prior, options) in configs.items():
-            res = marginal_em(y, priors[prior], 31, init="large", **options, **iters)
+            res = marginal_em(y, priors[prior], 31, init="large", **options, **engine)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))
             print(f"{name} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}")
     print("| method | images | ER ≤ 3 | mean ER | median ER | mean kernel error | median kernel error |")

@@ -372,7 +372,7 @@ def marginal_em(
                 c = float(gv[0].sum() + gv[1].sum())
             elif covariance != "none":
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
-            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv, int(edge_window))
+            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv, edge_window)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),

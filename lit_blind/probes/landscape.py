@@ -348,15 +348,18 @@ class ProfileProbe(Probe):
             return {}
         names = list(self.families)
         rows = sorted(rows, key=lambda r: (r["image_id"], r["sigma_y"]))
+
+        def label_of(r: dict) -> str:
+            return f"{r['image_id']} σy={r['sigma_y']}"
+
         # one colour per (image, σ_y) in every panel, so that the first panel's legend holds for all
-        labels = list(dict.fromkeys(f"{r['image_id']} σy={r['sigma_y']}" for r in rows))
-        colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+        colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(map(label_of, rows)))}
         fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
         for ax, name in zip(axes[0], names, strict=True):
             for r in rows:
                 if r["family"] == name:
                     v = torch.tensor(r["values"])
-                    label = f"{r['image_id']} σy={r['sigma_y']}"
+                    label = label_of(r)
                     ax.errorbar(
                         r["thetas"], v - v.min(), yerr=r.get("stderr"), capsize=2, label=label, color=colours[label]
                     )
