@@ -1,5 +1,5 @@
 """Blind deblurring on data the EM engine was not tuned on: BSD68 photographs blurred by the Levin kernels
-rotated by 90° (valid boundary, σ_y = 0.01, 285×285 centre crops → 255×255 blurry images, 31×31 kernels).
+rotated by 90° (valid boundary, σ_y = 0.01 unless ``--noise``, 285×285 centre crops → 255×255 blurry images, 31×31 kernels).
 
 Each image is blurred by Levin kernel ``(3·n mod 8) + 1`` (n = the BSD68 number) turned by 90°, so neither the
 photographs nor the kernels are those of the Levin benchmark. Rows: the default EM (covariance term on),
@@ -8,10 +8,11 @@ the default otherwise: ``--rows Wiener``);
 columns: error ratio (:func:`lit_blind.metrics.error_ratio`) and kernel error against the true kernel. The
 second row counts the covariance term over the kept edge gradients only (``covariance="kept"``), the third
 weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the kept gradients
-(``covariance="tweedie"``). ``--rows`` keeps the rows whose label contains one of the given words.
+(``covariance="tweedie"``), the ``hqs`` row uses the E-step's exact covariance at the estimated noise level
+(``covariance="hqs"``). ``--rows`` keeps the rows whose label contains one of the given words.
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
-        [--edge-window 0]
+        [--edge-window 0] [--noise 0.003]
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ CONFIGS = {
     "EM default (covariance on)": ("diffusion", {}),
     "EM, covariance over the kept gradients": ("diffusion", {"covariance": "kept"}),
     "EM, per-pixel Tweedie variance of the kept gradients": ("diffusion", {"covariance": "tweedie"}),
+    "EM, E-step covariance at the estimated noise level (hqs)": ("diffusion", {"covariance": "hqs"}),
     "EM without the covariance term": ("diffusion", {"covariance": "none"}),
     "EM with the GaussianPrior, no covariance": ("gaussian", {"covariance": "none"}),
     "EM default with the GaussianPrior (a Wiener denoiser)": ("gaussian", {}),
 }
 
 
-def problem(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(y, the sharp part of x that y sees, the 31×31 true kernel, its Levin number)."""
+def problem(name: str, seed: int, noise: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(y, the sharp part of x that y sees, the 31×31 true kernel, its Levin number); white noise of σ ``noise``."""
     a = np.asarray(Image.open(DATA / "natural" / "BSD68" / f"{name}.png"), np.float64) / 255
     c0, c1 = (a.shape[0] - 285) // 2, (a.shape[1] - 285) // 2
     x = torch.from_numpy(a[c0 : c0 + 285, c1 : c1 + 285].copy())[None, None]
@@ -51,7 +53,7 @@ def problem(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     h = torch.rot90(read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[j], 1, (-2, -1)).double()
     p = (31 - h.shape[-1]) // 2
     h = torch.nn.functional.pad(h, (p,) * 4)
-    y = add_noise(blur(x, h, "valid"), 0.01, torch.Generator().manual_seed(seed))
+    y = add_noise(blur(x, h, "valid"), noise, torch.Generator().manual_seed(seed))
     return y, x[..., 15:-15, 15:-15], h, j + 1
 
 
@@ -63,7 +65,10 @@ def main() -> None:
     ap.add_argument(
         "--edge-window", type=int, default=None, help="usefulness window of the edge selection (0: magnitude only)"
     )
+    ap.add_argument("--noise", type=float, default=0.01, help="σ_y of the white noise added to the blur")
     args = ap.parse_args()
+    if not 0 < args.noise <= 0.5:
+        ap.error(f"--noise must be in (0, 0.5], got {args.noise}")
     configs = {k: v for k, v in CONFIGS.items() if args.rows is None or any(w in k for w in args.rows)}
     if not (DATA / "natural" / "BSD68").is_dir():
         print(f"skipped: {DATA} not found")
@@ -74,7 +79,7 @@ def main() -> None:
     engine = {} if args.iters is None else {"iters": args.iters}
     engine |= {} if args.edge_window is None else {"edge_window": args.edge_window}
     for n, name in enumerate(args.images):
-        y, x, h, j = problem(name, n % 4)
+        y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():
             res = marginal_em(y, priors[prior], 31, init="large", **options, **engine)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))

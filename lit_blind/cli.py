@@ -163,7 +163,8 @@ def deblur_parser() -> argparse.ArgumentParser:
         choices=EM_COVARIANCES,
         help="the covariance term of the kernel step (README, Levin benchmark): full (over every pixel; best on "
         "synthetic blur), kept (over the kept edge gradients), tweedie (the denoiser's per-pixel variance of the "
-        "kept gradients; best on the real Levin captures, 2x the denoiser calls) or none (joint MAP) "
+        "kept gradients, 2x the denoiser calls), hqs (the E-step's exact covariance at the image's estimated "
+        "noise level; better on the real Levin captures) or none (joint MAP) "
         "(default: full)",
     )
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
@@ -179,7 +180,7 @@ def deblur_parser() -> argparse.ArgumentParser:
     return ap
 
 
-EM_COVARIANCES = ("full", "kept", "tweedie", "none")  # lit_blind.marginal.COVARIANCES, without importing torch
+EM_COVARIANCES = ("full", "kept", "tweedie", "hqs", "none")  # lit_blind.marginal.COVARIANCES, without importing torch
 
 
 def deblur_main(argv: list[str]) -> int:

@@ -16,11 +16,12 @@ from lit_blind.marginal import (
     marginal_em,
     prune_kernel,
     pyramid,
+    resampled_noise_std,
     rescale_kernel,
     solve_kernel,
     tweedie_gradient_variance,
 )
-from lit_blind.metrics import kernel_error
+from lit_blind.metrics import kernel_error, noise_level
 from lit_blind.physics import blur
 from lit_blind.priors import GaussianMixturePrior
 
@@ -121,6 +122,47 @@ def test_gradient_covariance_trace_matches_the_dense_formula():
     assert gradient_covariance_trace(dirac(3, torch.float64), shape, sigma, rho) < dense.item() < wide
 
 
+def _dense_gradient_trace(h: torch.Tensor, shape: tuple[int, int], cov) -> float:
+    """tr(∇ C ∇ᵀ) with C = cov(HᵀH) built densely: circular blur by h (origin at its centre), forward differences."""
+    n, k = shape[0] * shape[1], h.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, *shape)
+    hp = torch.zeros(shape, dtype=torch.float64)
+    hp[:k, :k] = h[0, 0]
+    hp = torch.roll(hp, (-(k // 2), -(k // 2)), (0, 1))
+    H = torch.fft.ifft2(torch.fft.fft2(eye) * torch.fft.fft2(hp)).real.reshape(n, n).T
+    Dx = (torch.roll(eye, -1, -1) - eye).reshape(n, n).T
+    Dy = (torch.roll(eye, -1, -2) - eye).reshape(n, n).T
+    C = cov(H.T @ H)
+    return float(torch.trace(Dx @ C @ Dx.T) + torch.trace(Dy @ C @ Dy.T))
+
+
+def test_hqs_covariance_is_the_exact_covariance_of_the_e_steps_gaussian():
+    """covariance='hqs': the first kernel step of a one-level run weighs ‖h‖² by tr(∇ σ_y²(HᵀH + ρI)⁻¹ ∇ᵀ) at
+    the initial 3×3 box, computed densely here; with sigma_y omitted, the noise level is estimated from y."""
+    y = blur(_blocks(16, 16), _motion_kernel(5), "valid")  # 12 × 12, x on 16 × 16
+    sigma_y, rho = 0.02, 0.1
+    one_level = dict(iters=1, inner=1, min_kernel=7)  # a 5×5 kernel below min_kernel: the pyramid has one level
+    res = marginal_em(y, GaussianPrior(), 5, covariance="hqs", sigma_y=sigma_y, rho=rho, **one_level)
+    box = torch.zeros(1, 1, 5, 5, dtype=D)
+    box[..., 1:4, 1:4] = 1 / 9
+    dense = _dense_gradient_trace(
+        box, (16, 16), lambda hth: sigma_y**2 * torch.linalg.inv(hth + rho * torch.eye(256, dtype=D))
+    )
+    assert res.history["sigma_y"] == sigma_y and res.history["level"] == [0]
+    assert res.history["covariance"][0] == pytest.approx(dense, rel=1e-9)
+    estimated = marginal_em(y, GaussianPrior(), 5, covariance="hqs", **one_level)
+    assert estimated.history["sigma_y"] == noise_level(y)
+
+
+def test_resampled_noise_std_matches_white_noise_through_the_pyramid():
+    """The exact noise that the pyramid's resampling leaves, against 40 resampled white-noise images."""
+    noise = torch.randn(40, 1, 90, 120, generator=torch.Generator().manual_seed(0), dtype=D)
+    for size in ((64, 85), (45, 60), (22, 30)):
+        sampled = F.interpolate(noise, size=size, mode="bilinear", antialias=True).std()
+        assert resampled_noise_std((90, 120), size) == pytest.approx(float(sampled), rel=0.01)
+    assert resampled_noise_std((90, 120), (90, 120)) == pytest.approx(1.0)
+
+
 def test_rescale_kernel_stretches_by_the_ratio():
     h = gaussian_kernel(9, 1.0, torch.float64)
     assert torch.allclose(rescale_kernel(h, 9, 1.0), h, atol=1e-12)
@@ -170,6 +212,9 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
         ({"init": "oracle"}, "init must be one of"),
         ({"covariance": "sampled"}, "covariance must be one of"),
         ({"edge_window": 4}, "edge_window must be 0"),
+        ({"sigma_y": 0.01}, "sigma_y is used by covariance='hqs' only"),
+        ({"covariance": "hqs", "sigma_y": 0.0}, r"sigma_y must be in \(0, 0.5\]"),
+        ({"covariance": "hqs", "sigma_y": 2.0}, r"sigma_y must be in \(0, 0.5\]"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
