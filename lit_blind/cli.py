@@ -15,6 +15,7 @@ data) and, for experiments, ``lit-blind fit|validate|test|predict`` through Ligh
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -192,7 +193,6 @@ def deblur_main(argv: list[str]) -> int:
         given += ["--preset"] if args.preset is not None else []
         if given:
             raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
-        args.covariance = args.covariance or "full"
     else:
         from lit_blind.deconv import preset
 
@@ -353,6 +353,8 @@ def _deblur_em(args, y, prior, state: dict):
         raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
+    if args.covariance is None:  # the engine's default, declared once, in its signature
+        args.covariance = inspect.signature(marginal_em).parameters["covariance"].default
     with tqdm(desc="deblur (em)", unit="it") as bar:
 
         def progress(s: dict) -> None:

@@ -1,6 +1,7 @@
 """The command line (lit_blind.cli): commands, one-line user errors naming the flag, complete or marked
 outputs, interrupted runs, progress, data paths. Each input is written by the test."""
 
+import inspect
 import json
 import os
 import re
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from lit_blind.cli import main
+from lit_blind.cli import deblur_parser, main
 from lit_blind.demo import camera
 from lit_blind.io import read_image, write_image
 from lit_blind.kernels import family
+from lit_blind.marginal import marginal_em
 from lit_blind.physics import blur
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +153,9 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
+    engine_default = inspect.signature(marginal_em).parameters["covariance"].default
+    assert result["settings"]["covariance"] == engine_default  # recorded from the engine, not a second default
+    assert f"(default: {engine_default})" in " ".join(deblur_parser().format_help().split())
     assert "deblur (em)" in capsys.readouterr().err  # the progress bar
 
 
