@@ -533,9 +533,12 @@ def run_lightning_cli(args: list[str] | None, run: bool = True):
     defaults = {sub: [TRAINER_CONFIGS / "default.yaml"] for sub in LIGHTNING_SUBCOMMANDS}
     defaults["test"].append(TRAINER_CONFIGS / "test.yaml")
     parser_kwargs = {sub: {"default_config_files": [str(f) for f in fs if f.is_file()]} for sub, fs in defaults.items()}
+    from lit_blind.trainer import Trainer
+
     return LitBlindCLI(
         pl.LightningModule,
         pl.LightningDataModule,
+        trainer_class=Trainer,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=SaveConfigToOutputDir,

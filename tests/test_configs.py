@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lit_blind.cli import run_lightning_cli
+from lit_blind.trainer import BATCH_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for d in ("experiments", "benchmarks", "fit") for p in (ROOT / "configs" / d).glob("*.yaml"))
@@ -151,3 +152,18 @@ def test_config_runs_tiny(config, tmp_path, shared_data, monkeypatch):
         assert json.loads((out / "summary.json").read_text())
     else:
         assert cli.trainer.global_step == 2
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("3", 3), ("0.5", 0.5), ("1.0", 1.0)])
+def test_trainer_batch_limits_keep_an_integer_a_count_and_a_float_a_fraction(value, expected, tmp_path):
+    """``--trainer.limit_test_batches 1`` is one batch, not 100 %: Lightning types these options
+    ``Union[int, float]``, which typing's Union cache can hand to jsonargparse as ``Union[float, int]``."""
+    config = ROOT / "configs" / "benchmarks" / "levin09.yaml"
+    options = [*BATCH_LIMITS, "overfit_batches"]
+    args = ["--config", str(config), "--model.init_args.output_dir", str(tmp_path)]
+    args += [a for o in options for a in (f"--trainer.{o}", value)] + ["--trainer.val_check_interval", value]
+    trainer = run_lightning_cli(args, run=False).trainer
+    limits = (trainer.limit_train_batches, trainer.limit_test_batches, trainer.limit_predict_batches)
+    for got in (*limits, trainer.overfit_batches):
+        assert got == expected and type(got) is type(expected)
+    assert trainer.val_check_interval == expected and type(trainer.val_check_interval) is type(expected)
