@@ -1,5 +1,6 @@
 """Blind deblurring on data the EM engine was not tuned on: BSD68 photographs blurred by the Levin kernels
-rotated by 90° (valid boundary, σ_y = 0.01 unless ``--noise``, 285×285 centre crops → 255×255 blurry images, 31×31 kernels).
+rotated by 90° (valid boundary, σ_y = 0.01 unless ``--noise``, 285×285 centre crops → 255×255 blurry images,
+31×31 kernels).
 
 Each image is blurred by Levin kernel ``(3·n mod 8) + 1`` (n = the BSD68 number) turned by 90°, so neither the
 photographs nor the kernels are those of the Levin benchmark. Rows: the default EM (covariance term on),

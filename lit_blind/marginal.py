@@ -245,7 +245,7 @@ def gradient_covariance_trace(h: Tensor, shape: tuple[int, int], sigma: float, r
 
 def resampled_noise_std(shape: tuple[int, int], size: tuple[int, int]) -> float:
     """The standard deviation of unit white noise on ``shape`` after the pyramid's resampling to ``size``
-    (bilinear, antialiased), averaged over the output pixels: the resampling is linear and separable, so the
+    (bilinear, antialiased), root mean square over the output pixels: the resampling is linear and separable, so the
     variance at an output pixel is the product of the squared weights summed along each axis, read exactly from
     the resampling of the unit vectors (≈ 0.67 × the scale for the antialiasing triangle filter)."""
     var = 1.0
@@ -319,17 +319,19 @@ def marginal_em(
     covariance traced over the whole image), ``kept`` (the same trace over the kept edge pixels only),
     ``tweedie`` (the denoiser's per-pixel variance at the kept pixels, 2 more denoiser calls per outer
     iteration), ``hqs`` (the exact covariance of the E-step's Gaussian, σ_y²(HᵀH + ρI)⁻¹, at the noise level
-    ``sigma_y`` of ``y``, estimated when None) or ``none`` (joint MAP); see the module docstring. ``init``: the coarsest kernel, ``small`` (a
-    3×3 box) or ``large`` (uniform over ``min_kernel`` pixels). ``edges``, ``edge_window``: the edge selection of
-    :func:`kernel_step` (``edge_window=0`` ranks the gradients by magnitude alone).
+    ``sigma_y`` of ``y``, estimated when None; a noise-free ``y`` makes it joint MAP) or ``none`` (joint MAP);
+    see the module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over
+    ``min_kernel`` pixels). ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
+    (``edge_window=0`` ranks the gradients by magnitude alone).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image on the
     (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
     and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
-    ``seconds``), ``history["sigma_y"]`` (the noise level used with ``covariance="hqs"``), every level's final kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size
-    may be too small" when more than 5 % of the kernel's mass lies on the border of its support: on the 64 Levin
-    estimates, whose true kernels all fit, the border held at most 4.1 %). ``callback`` gets a dict per outer
+    ``seconds``), ``history["sigma_y"]`` (the noise level used with ``covariance="hqs"``), every level's final
+    kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size may be too small" when more than
+    5 % of the kernel's mass lies on the border of its support: on the 64 Levin estimates, whose true kernels
+    all fit, the border held at most 4.1 %). ``callback`` gets a dict per outer
     iteration: ``level``, ``iteration``, ``total`` (outer iterations in all), ``sigma``, ``x``, ``kernel``,
     ``data_fidelity`` (½‖h ⋆ x − y‖² at the current level, also in ``history``), ``score_evals``.
 
