@@ -33,7 +33,7 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   given; at each coarser level the noise that the resampling leaves, :func:`resampled_noise_std`): weak on the
   Levin captures (σ̂_y ≈ 0.003), stronger than ``full`` at the finest level of a photograph with σ_y = 0.01.
   Measured (README): better than ``full`` on the 32 Levin captures (21/32, mean error ratio 2.97 vs 20/32,
-  3.06), on synthetic blurs (BSD68) a lower kernel error at σ_y = 0.003 and 0.02 but never more successes and
+  3.06 from the large initialisation; 23/32, 2.86 vs 21/32, 3.06 from the small one), on synthetic blurs (BSD68) a lower kernel error at σ_y = 0.003 and 0.02 but never more successes and
   a higher mean error ratio at 0.01 and 0.02, so not the default. ``covariance="none"`` is joint MAP over
   (x, h) with the same steps.
 * **M-step** (kernel): the gradient-domain problem
