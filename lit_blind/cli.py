@@ -41,7 +41,13 @@ SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to d
 # Algorithms 1-2 read: None on the parser, the --preset's value when not given (lit_blind.deconv.PRESETS, where
 # every default lives once); an explicit value with --algorithm em is an error, not silently ignored
 MAP_OPTIONS = [
-    ("--sigma-y", float, "sigma_y", f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force"),
+    (
+        "--sigma-y",
+        float,
+        "sigma_y",
+        f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force; also read by --algorithm em "
+        "--covariance hqs, in place of the estimate",
+    ),
     ("--iterations", int, "K", "outer iterations K"),
     ("--inner", int, "K_x", "image steps per outer iteration K_x"),
     ("--reset", int, "R", "reset x to y every R iterations"),
@@ -181,6 +187,12 @@ def deblur_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_sigma_y(sigma_y: float, force: bool) -> None:
+    if not (0 < sigma_y <= SIGMA_Y_MAX or (force and sigma_y > 0)):
+        more = " (--force accepts more, with --algorithm alternating|drs)"
+        raise ValueError(f"--sigma-y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1]{more}, got {sigma_y}")
+
+
 EM_COVARIANCES = ("full", "kept", "tweedie", "hqs", "none")  # lit_blind.marginal.COVARIANCES, without importing torch
 
 
@@ -189,10 +201,17 @@ def deblur_main(argv: list[str]) -> int:
     if args.kernel_size < 3 or args.kernel_size % 2 == 0:
         raise ValueError(f"--kernel-size must be an odd integer >= 3, got {args.kernel_size}")
     if args.algorithm == "em":
+        hqs = args.covariance == "hqs"  # --sigma-y then replaces the noise level estimated from the image
         given = [flag for flag, *_ in MAP_OPTIONS if getattr(args, _dest(flag)) is not None]
+        given = [flag for flag in given if not (hqs and flag == "--sigma-y")]
         given += ["--preset"] if args.preset is not None else []
         if given:
-            raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
+            also = " (--sigma-y also to --covariance hqs)" if "--sigma-y" in given else ""
+            raise ValueError(
+                f"{', '.join(given)} apply to --algorithm alternating|drs only{also}, not to --algorithm em"
+            )
+        if args.sigma_y is not None:
+            _check_sigma_y(args.sigma_y, force=False)
     else:
         from lit_blind.deconv import preset
 
@@ -203,11 +222,7 @@ def deblur_main(argv: list[str]) -> int:
         for flag, _, name, _ in MAP_OPTIONS:
             if getattr(args, _dest(flag)) is None:
                 setattr(args, _dest(flag), defaults[name])
-        if not (0 < args.sigma_y <= SIGMA_Y_MAX or (args.force and args.sigma_y > 0)):
-            raise ValueError(
-                f"--sigma-y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1] (--force accepts more), "
-                f"got {args.sigma_y}"
-            )
+        _check_sigma_y(args.sigma_y, args.force)
     out = _prepare_out(Path(args.out))
     import warnings
 
@@ -223,7 +238,7 @@ def deblur_main(argv: list[str]) -> int:
         raise ValueError(f"--kernel-size {args.kernel_size} must not exceed the image size {tuple(y_file.shape[-2:])}")
     sigma_hat = noise_level(y_file)
     print(f"noise level estimated from the image (MAD): {sigma_hat:.4f}", end="")
-    if args.algorithm != "em":
+    if args.sigma_y is not None:
         print(f"; --sigma-y {args.sigma_y}", flush=True)
         if not 1 / 3 <= args.sigma_y / max(sigma_hat, 1e-12) <= 3:
             print(
@@ -363,7 +378,10 @@ def _deblur_em(args, y, prior, state: dict):
             bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}", f=f"{s['data_fidelity']:.3g}", refresh=False)
             bar.update(1)
 
-        return marginal_em(y, prior, args.kernel_size, init=args.init, covariance=args.covariance, callback=progress)
+        noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # --covariance hqs only (checked)
+        return marginal_em(
+            y, prior, args.kernel_size, init=args.init, covariance=args.covariance, callback=progress, **noise
+        )
 
 
 def _deblur_map(args, y, prior, state: dict):

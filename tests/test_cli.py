@@ -87,6 +87,11 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--kernel-size", "99"], "--kernel-size 99 must not exceed the image size"),
         (["--algorithm", "alternating", "--sigma-y", "10"], "--sigma-y must be in (0, 0.5]"),
         (["--iterations", "3"], "--iterations apply to --algorithm alternating|drs only"),
+        (
+            ["--sigma-y", "0.01"],
+            "--sigma-y apply to --algorithm alternating|drs only (--sigma-y also to --covariance hqs)",
+        ),
+        (["--covariance", "hqs", "--sigma-y", "0.9"], "--sigma-y must be in (0, 0.5]"),
         (["--boundary", "circular"], "--algorithm em needs --boundary valid"),
         (["--algorithm", "alternating", "--covariance", "kept"], "--covariance applies to --algorithm em only"),
         (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
@@ -170,6 +175,25 @@ def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
         assert result["settings"]["covariance"] == choice
         evals[choice] = result["score_evals"]
     assert evals["tweedie"] == 2 * evals["full"]
+
+
+def test_deblur_sigma_y_reaches_the_hqs_covariance(photo, tmp_path, monkeypatch, capsys):
+    """--covariance hqs --sigma-y σ: the engine gets σ in place of its own estimate, and the run records it."""
+    import lit_blind.marginal
+
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return marginal_em(*args, **kwargs)
+
+    monkeypatch.setattr(lit_blind.marginal, "marginal_em", recording)
+    args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", "hqs"]
+    assert main([*args, "--sigma-y", "0.02", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert calls[0]["sigma_y"] == 0.02 and "sigma_y" not in calls[1]
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["settings"]["sigma_y"] == 0.02
+    assert "--sigma-y 0.02" in capsys.readouterr().out
 
 
 def test_deblur_covariance_choices_are_the_engines():
