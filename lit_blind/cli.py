@@ -39,7 +39,8 @@ SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to d
 
 # flag, type, the library's name (deblur's parameter and the preset's key), help of the options that only
 # Algorithms 1-2 read: None on the parser, the --preset's value when not given (lit_blind.deconv.PRESETS, where
-# every default lives once); an explicit value with --algorithm em is an error, not silently ignored
+# every default lives once); an explicit value with --algorithm em is an error, not silently ignored (except
+# --sigma-y with --covariance hqs, which reads it)
 MAP_OPTIONS = [
     (
         "--sigma-y",
