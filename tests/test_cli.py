@@ -232,7 +232,10 @@ def _wait_for(stream, pattern: str, timeout: float = 120) -> str:
 def test_interrupted_deblur_keeps_a_readable_partial_result(tmp_path, signum, code):
     write_image(tmp_path / "photo.png", camera(256).float())
     out = tmp_path / "o"
-    proc = _lit_blind("deblur", tmp_path / "photo.png", "--out", out, cwd=tmp_path)  # the shipped prior, ≈ 7 s
+    # SIGINT as a terminal delivers it, also when the test runner was started in the background (a shell starts
+    # background jobs with SIGINT ignored, and Python then keeps it ignored)
+    sigint = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+    proc = _lit_blind("deblur", tmp_path / "photo.png", "--out", out, cwd=tmp_path, **sigint)  # shipped prior, ≈ 7 s
     _wait_for(proc.stderr, r"level=[2-9]")  # the EM loop is running, a few levels in
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
