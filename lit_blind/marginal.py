@@ -33,8 +33,9 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   given; at each coarser level the noise that the resampling leaves, :func:`resampled_noise_std`): weak on the
   Levin captures (σ̂_y ≈ 0.003), stronger than ``full`` at the finest level of a photograph with σ_y = 0.01.
   Measured (README): better than ``full`` on the 32 Levin captures (21/32, mean error ratio 2.97 vs 20/32,
-  3.06 from the large initialisation; 23/32, 2.86 vs 21/32, 3.06 from the small one), on synthetic blurs (BSD68) a lower kernel error at σ_y = 0.003 and 0.02 but never more successes and
-  a higher mean error ratio at 0.01 and 0.02, so not the default. ``covariance="none"`` is joint MAP over
+  3.06 from the large initialisation; 23/32, 2.86 vs 21/32, 3.06 from the small one), on synthetic blurs
+  (BSD68) a lower kernel error at σ_y = 0.003 and 0.02 but never more successes and a higher mean error ratio
+  at 0.01 and 0.02, so not the default. ``covariance="none"`` is joint MAP over
   (x, h) with the same steps.
 * **M-step** (kernel): the gradient-domain problem
   :math:`\min_{h\ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + c\|h\|^2` solved to its optimum on
@@ -150,8 +151,8 @@ def kernel_step(
     over ``edge_window`` pixels (0: by the magnitude alone, as Cho & Lee 2009); ``reg`` is the covariance trace
     over all gradient pixels, so with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries
     the posterior variance of the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖²
-    + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those gradients) ``reg`` is unused and each kernel
-    entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
+    + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those
+    gradients) ``reg`` is unused and each kernel entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
     window that y sees: the exact expectation of the masked data term under independent gradient errors.
     Returns a (1, 1, k, k) kernel (true convolution)."""
     gz = list(image_gradient(z))
@@ -245,9 +246,9 @@ def gradient_covariance_trace(h: Tensor, shape: tuple[int, int], sigma: float, r
 
 def resampled_noise_std(shape: tuple[int, int], size: tuple[int, int]) -> float:
     """The standard deviation of unit white noise on ``shape`` after the pyramid's resampling to ``size``
-    (bilinear, antialiased), root mean square over the output pixels: the resampling is linear and separable, so the
-    variance at an output pixel is the product of the squared weights summed along each axis, read exactly from
-    the resampling of the unit vectors (≈ 0.67 × the scale for the antialiasing triangle filter)."""
+    (bilinear, antialiased), root mean square over the output pixels: the resampling is linear and separable,
+    so the variance at an output pixel is the product of the squared weights summed along each axis, read
+    exactly from the resampling of the unit vectors (≈ 0.67 × the scale for the antialiasing triangle filter)."""
     var = 1.0
     for n, m in zip(shape, size, strict=True):
         w = F.interpolate(
@@ -377,7 +378,7 @@ def marginal_em(
     hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
     hist["scales"] = []
     if covariance == "hqs":  # the noise of the photograph (of its luminance for an RGB y)
-        hist["sigma_y"] = float(sigma_y) if sigma_y is not None else noise_level(y)
+        sigma_y = hist["sigma_y"] = float(sigma_y) if sigma_y is not None else noise_level(y)
     t0, evals, h, s_prev = time.perf_counter(), 0, None, None
     noise_gen = torch.Generator().manual_seed(0)
     for li, (s, k) in enumerate(levels):
@@ -394,7 +395,7 @@ def marginal_em(
         s_prev = s
         x = F.pad(ys, (k // 2,) * 4, mode="replicate")
         if covariance == "hqs":
-            noise = hist["sigma_y"] * (1.0 if s == 1.0 else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
+            noise = sigma_y * (1.0 if s == 1.0 else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
         for t in range(int(iters)):
             sig = float(sigmas[li * int(iters) + t])
             for _ in range(int(inner)):
