@@ -308,7 +308,7 @@ def marginal_em(
     edges: float = 20.0,
     edge_window: int = 5,
     min_kernel: int = 5,
-    init: str = "small",
+    init: str | Tensor = "small",
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
     r"""Blind deconvolution by coarse-to-fine EM with the prior's denoiser (see the module docstring).
@@ -322,7 +322,9 @@ def marginal_em(
     iteration), ``hqs`` (the exact covariance of the E-step's Gaussian, σ_y²(HᵀH + ρI)⁻¹, at the noise level
     ``sigma_y`` of ``y``, estimated when None; a noise-free ``y`` makes it joint MAP) or ``none`` (joint MAP);
     see the module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over
-    ``min_kernel`` pixels). ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
+    ``min_kernel`` pixels), or a ``(1, 1, kernel_size, kernel_size)`` kernel (true convolution, ≥ 0, positive
+    sum; normalised) shrunk by each level's scale — a warm start, e.g. to refine another method's estimate or,
+    as ``benchmarks/em_fixed_point.py`` does, to start from the true kernel. ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
     (``edge_window=0`` ranks the gradients by magnitude alone).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
@@ -358,7 +360,15 @@ def marginal_em(
     sigma_end = prior.check_sigma(sigma_end, "sigma_end")
     if sigma_end > sigma_start:
         raise ValueError(f"sigma_end must not exceed sigma_start ({sigma_start}), got {sigma_end}")
-    check_choice("init", init, ("small", "large"))
+    if isinstance(init, Tensor):
+        init = check_image("init", init, channels=1)
+        if init.shape != (1, 1, kernel_size, kernel_size) or bool((init < 0).any()) or float(init.sum()) <= 0:
+            raise ValueError(
+                f"init must be 'small', 'large' or a non-negative (1, 1, {kernel_size}, {kernel_size}) kernel with a "
+                f"positive sum, got shape {tuple(init.shape)} and sum {float(init.sum()):.3g}"
+            )
+    else:
+        check_choice("init", init, ("small", "large"))
     check_choice("covariance", covariance, COVARIANCES)
     if sigma_y is not None:
         if covariance != "hqs":
@@ -384,7 +394,9 @@ def marginal_em(
     for li, (s, k) in enumerate(levels):
         size = [max(k, round(n * s)) for n in y.shape[-2:]]
         ys = y if s == 1.0 else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
-        if h is None:
+        if isinstance(init, Tensor) and h is None:  # the given kernel at this level's scale
+            h = rescale_kernel(init.to(y), k, s)
+        elif h is None:
             h = torch.zeros(1, 1, k, k, dtype=y.dtype, device=y.device)
             if init == "small":  # a 3×3 box
                 h[..., k // 2 - 1 : k // 2 + 2, k // 2 - 1 : k // 2 + 2] = 1 / 9

@@ -1,0 +1,102 @@
+"""Is the true kernel a fixed point of the EM engine? Levin 2009 captures, the finest level started at the truth.
+
+For each capture, :func:`lit_blind.marginal.marginal_em` runs its finest level only (one pyramid level,
+``min_kernel`` = the kernel size) from ``init`` = the true kernel, with the σ schedule that level has in the
+default coarse-to-fine run (the last ``iters`` values of the geometric ``sigma_start`` → ``sigma_end`` sequence)
+and every other setting at its default. Printed per image: the error ratio and kernel error after the first and
+after the last outer iteration, and the kernel step on the true sharp image (the oracle of
+``benchmarks/levin_compare.py``, edge selection on). If the iteration leaves the truth, the coarse-to-fine path is
+not what limits the default there: its fixed point does. Rows are appended to ``--out`` (JSON lines) and images
+already there are skipped, so two processes can share a run:
+
+    python benchmarks/em_fixed_point.py --images im1_kernel1 im3_kernel6 [--covariance none] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lit_blind.data import LevinDataModule
+from lit_blind.io import data_path
+from lit_blind.loading import load_prior
+from lit_blind.marginal import COVARIANCES, kernel_step, marginal_em, pyramid
+from lit_blind.metrics import error_ratio, kernel_error
+
+DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
+
+
+def finest_schedule(kernel_size: int) -> tuple[float, float]:
+    """(σ_start, σ_end) of the finest level in the default coarse-to-fine run."""
+    n = len(pyramid(kernel_size, DEFAULTS["min_kernel"])) * DEFAULTS["iters"]
+    sigmas = np.geomspace(DEFAULTS["sigma_start"], DEFAULTS["sigma_end"], n)[-DEFAULTS["iters"] :]
+    return float(sigmas[0]), float(sigmas[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", nargs="*", help="image ids such as im1_kernel1 (default: all 32)")
+    ap.add_argument("--covariance", default=DEFAULTS["covariance"], choices=COVARIANCES)
+    ap.add_argument("--prior", default="natural-gray-small")
+    ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    done = {r["image_id"] for r in rows if r["covariance"] == args.covariance}
+    dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
+    dm.setup()
+    prior, k = load_prior(args.prior), 31
+    s0, s1 = finest_schedule(k)
+    for item in dm.items:
+        name = item["image_id"]
+        if name in done or (args.images and name not in args.images):
+            continue
+        y, sharp, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
+        h_true = F.pad(h, ((k - h.shape[-1]) // 2,) * 4)
+        first = []  # the kernel after the first outer iteration
+
+        def keep_first(state: dict, first: list = first) -> None:
+            if not first:
+                first.append(state["kernel"])
+
+        res = marginal_em(
+            y,
+            prior,
+            k,
+            init=h_true,
+            min_kernel=k,
+            sigma_start=s0,
+            sigma_end=s1,
+            covariance=args.covariance,
+            callback=keep_first,
+        )
+        oracle = kernel_step(F.pad(sharp, (k // 2,) * 4, mode="replicate"), y, k, 0.0)
+        row = {"image_id": name, "covariance": args.covariance}
+        for label, est in (("first", first[0]), ("last", res.kernel), ("oracle", oracle)):
+            row[label] = {"error_ratio": error_ratio(y, sharp, est, h), "kernel_error": kernel_error(est, h)}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(name, {key: round(row[key]["error_ratio"], 2) for key in ("first", "last", "oracle")}, flush=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = [r for r in rows if r["covariance"] == args.covariance and (not args.images or r["image_id"] in args.images)]
+    print(f"\n{len(rows)} captures, covariance {args.covariance}, σ {s0:.4g} → {s1:.4g}")
+    print("| started at the true kernel | ER ≤ 3 | mean ER | median ER | kernel error |\n|---|---|---|---|---|")
+    for key, label in (("first", "after 1 iteration"), ("last", f"after {DEFAULTS['iters']}"), ("oracle", "oracle")):
+        er = [r[key]["error_ratio"] for r in rows]
+        ke = statistics.mean(r[key]["kernel_error"] for r in rows)
+        print(
+            f"| {label} | {sum(e <= 3 for e in er)}/{len(er)} | {statistics.mean(er):.2f} | {statistics.median(er):.2f} | {ke:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
