@@ -42,8 +42,10 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    """``value`` if it is one of ``choices``; a non-string is named by its type (a tensor is not printed)."""
+    if not isinstance(value, str) or value not in choices:
+        got = repr(value) if isinstance(value, str | int | float | None) else f"a {type(value).__name__}"
+        raise ValueError(f"{name} must be one of {choices}, got {got}")
     return value
 
 

@@ -24,7 +24,7 @@ def deblur(
     algorithm: str = "em",
     family: str | KernelFamily = "simplex",
     kernel_size: int = 31,
-    init: str = "large",
+    init: str | Tensor = "large",
     boundary: str | None = None,
     theta0: Tensor | None = None,
     theta_ref: Tensor | None = None,
@@ -47,7 +47,8 @@ def deblur(
 
     ``algorithm="em"`` (the default, for real photographs): :func:`~lit_blind.marginal.marginal_em`,
     coarse-to-fine EM with the prior's denoiser, valid boundary, options in ``em_options``; an RGB ``y`` with a
-    gray prior stays RGB. The parameters from ``theta0`` to ``preset`` belong to the paper's algorithms and
+    gray prior stays RGB; ``init`` may also be a ``(1, 1, kernel_size, kernel_size)`` kernel there (a warm start).
+    The parameters from ``theta0`` to ``preset`` belong to the paper's algorithms and
     are an error with ``"em"``; left None they take the values of ``preset`` (:data:`lit_blind.deconv.PRESETS`:
     ``"paper"``, the default, or ``"fast"``), where every default of Algorithms 1–2 is declared once.
 

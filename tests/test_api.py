@@ -41,6 +41,7 @@ def test_deblur_api_rgb_nonsquare_valid_boundary():
     [
         ({"family": "box"}, "name must be one of"),
         ({"init": "medium"}, "init"),
+        ({"init": torch.ones(1, 1, 9, 9)}, r"init must be one of \('large', 'small'\), got a Tensor$"),  # EM only
         ({"sigma_y": 0.0}, "sigma_y"),
         ({"kernel_size": 41}, "kernel size"),
         ({"algorithm": "admm"}, "algorithm"),
