@@ -31,8 +31,9 @@ class DeblurProbe(Probe):
     ``..._image.png``), so that a row can be re-scored without rerunning the blind method.
 
     Init ``"oracle"`` (a diagnostic, not a method) starts from the ground-truth kernel, centred in
-    ``kernel_size``: whether the algorithm keeps it tells an objective that prefers another kernel from an
-    optimiser that cannot reach the right one.
+    ``kernel_size`` (Algorithms 1–2: θ₀; EM: ``init``, shrunk to each level of its pyramid — with
+    ``em_options={"min_kernel": kernel_size}`` the finest level alone): whether the algorithm keeps it tells an
+    objective that prefers another kernel from an optimiser that cannot reach the right one.
     """
 
     key = ("image_id", "init")
@@ -58,10 +59,6 @@ class DeblurProbe(Probe):
     ) -> None:
         for init in inits:
             check_choice("init", init, ("large", "small", "oracle"))
-        if algorithm == "em" and "oracle" in inits:
-            raise ValueError(
-                "init 'oracle' starts Algorithm 1/2 from the true kernel; algorithm 'em' has no such start"
-            )
         if "oracle" in inits and scales not in (None, 1):
             raise ValueError(f"init 'oracle' starts the finest scale: it needs scales=1, got scales={scales}")
         self.inits = list(inits)
@@ -90,7 +87,9 @@ class DeblurProbe(Probe):
                     raise ValueError(
                         f"kernel_size must hold the true kernel ({h_true.shape[-1]}), got {self.kw['kernel_size']}"
                     )
-                res = deblur(x.double(), prior, theta0=torch.nn.functional.pad(h_true, (p,) * 4).flatten(1), **self.kw)
+                h0 = torch.nn.functional.pad(h_true, (p,) * 4)
+                start = {"init": h0} if self.kw["algorithm"] == "em" else {"theta0": h0.flatten(1)}
+                res = deblur(x.double(), prior, **start, **self.kw)
             else:
                 res = deblur(x.double(), prior, init=init, **self.kw)
             c = self.kw["kernel_size"] // 2
