@@ -323,9 +323,10 @@ def marginal_em(
     ``sigma_y`` of ``y``, estimated when None; a noise-free ``y`` makes it joint MAP) or ``none`` (joint MAP);
     see the module docstring. ``init``: the coarsest kernel, ``small`` (a 3×3 box) or ``large`` (uniform over
     ``min_kernel`` pixels), or a ``(1, 1, kernel_size, kernel_size)`` kernel (true convolution, ≥ 0, positive
-    sum; normalised) shrunk by each level's scale — a warm start, e.g. to refine another method's estimate or,
-    as ``benchmarks/em_fixed_point.py`` does, to start from the true kernel. ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
-    (``edge_window=0`` ranks the gradients by magnitude alone).
+    sum; normalised) resized to the coarsest level's kernel (bilinear, antialiased) — a warm start, e.g. to
+    refine another method's estimate or, as ``benchmarks/em_fixed_point.py`` does, to start from the true
+    kernel. ``edges``, ``edge_window``: the edge selection of :func:`kernel_step` (``edge_window=0`` ranks the
+    gradients by magnitude alone).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image on the
@@ -394,8 +395,10 @@ def marginal_em(
     for li, (s, k) in enumerate(levels):
         size = [max(k, round(n * s)) for n in y.shape[-2:]]
         ys = y if s == 1.0 else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
-        if isinstance(init, Tensor) and h is None:  # the given kernel at this level's scale
-            h = rescale_kernel(init.to(y), k, s)
+        if isinstance(init, Tensor) and h is None:  # the given kernel resized to this level, antialiased: point
+            # sampling (rescale_kernel) can miss a thin kernel altogether when it shrinks it
+            h = F.interpolate(init.to(y), size=(k, k), mode="bilinear", antialias=True, align_corners=False)
+            h = h.clamp_min(0) / h.clamp_min(0).sum()
         elif h is None:
             h = torch.zeros(1, 1, k, k, dtype=y.dtype, device=y.device)
             if init == "small":  # a 3×3 box

@@ -216,6 +216,16 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         gradient_covariance_trace(h_true, shape, warm.history["sigma"][0], 0.1), rel=1e-9
     )
     assert kernel_error(warm.kernel, h_true) < kernel_error(cold.kernel, h_true)
+    # through the pyramid the given kernel is shrunk to the coarsest level (5×5 here) without losing it: a thin
+    # ring of radius 3 falls between the 5 × 5 points that sampling it at the scale ratio would read
+    ring = torch.zeros(1, 1, 31, 31, dtype=D)
+    t = torch.linspace(0, 2 * math.pi, 400, dtype=D)
+    ring[0, 0, (15 + 3 * t.sin()).round().long(), (15 + 3 * t.cos()).round().long()] = 1.0
+    seen = []
+    res = marginal_em(
+        blur(_blocks(96, 96), h_true, "valid"), GaussianPrior(), 31, init=ring, iters=1, callback=seen.append
+    )
+    assert seen[0]["kernel"].shape[-1] == 5 and torch.isfinite(res.kernel).all()
 
 
 @pytest.mark.parametrize(
