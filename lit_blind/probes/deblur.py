@@ -31,7 +31,7 @@ class DeblurProbe(Probe):
     ``..._image.png``), so that a row can be re-scored without rerunning the blind method.
 
     Init ``"oracle"`` (a diagnostic, not a method) starts from the ground-truth kernel, centred in
-    ``kernel_size`` (Algorithms 1–2: θ₀; EM: ``init``, shrunk to each level of its pyramid — with
+    ``kernel_size`` (Algorithms 1–2: θ₀; EM: ``init``, resized to the coarsest level of its pyramid — with
     ``em_options={"min_kernel": kernel_size}`` the finest level alone): whether the algorithm keeps it tells an
     objective that prefers another kernel from an optimiser that cannot reach the right one.
     """
