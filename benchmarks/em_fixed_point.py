@@ -51,7 +51,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    done = {r["image_id"] for r in rows if r["covariance"] == args.covariance}
+    run = {"covariance": args.covariance, "prior": args.prior}  # what a row of this run carries besides its image
+    done = {r["image_id"] for r in rows if all(r.get(key) == v for key, v in run.items())}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
     dm.setup()
     prior, k = load_prior(args.prior), 31
@@ -80,15 +81,16 @@ def main() -> None:
             callback=keep_first,
         )
         oracle = kernel_step(F.pad(sharp, (k // 2,) * 4, mode="replicate"), y, k, 0.0)
-        row = {"image_id": name, "covariance": args.covariance}
+        row = {"image_id": name} | run
         for label, est in (("first", first[0]), ("last", res.kernel), ("oracle", oracle)):
             row[label] = {"error_ratio": error_ratio(y, sharp, est, h), "kernel_error": kernel_error(est, h)}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(name, {key: round(row[key]["error_ratio"], 2) for key in ("first", "last", "oracle")}, flush=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    rows = [r for r in rows if r["covariance"] == args.covariance and (not args.images or r["image_id"] in args.images)]
-    print(f"\n{len(rows)} captures, covariance {args.covariance}, σ {s0:.4g} → {s1:.4g}")
+    rows = [r for r in rows if all(r.get(key) == v for key, v in run.items())]
+    rows = [r for r in rows if not args.images or r["image_id"] in args.images]
+    print(f"\n{len(rows)} captures, covariance {args.covariance}, prior {args.prior}, σ {s0:.4g} → {s1:.4g}")
     print("| started at the true kernel | ER ≤ 3 | mean ER | median ER | kernel error |\n|---|---|---|---|---|")
     for key, label in (("first", "after 1 iteration"), ("last", f"after {DEFAULTS['iters']}"), ("oracle", "oracle")):
         er = [r[key]["error_ratio"] for r in rows]
