@@ -20,14 +20,14 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from levin_compare import REFERENCES  # beside this script
 
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.loading import load_prior
-from lit_blind.marginal import COVARIANCES, kernel_step, marginal_em, pyramid
+from lit_blind.marginal import COVARIANCES, marginal_em, pyramid, sigma_schedule
 from lit_blind.metrics import error_ratio, kernel_error
 
 DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
@@ -35,9 +35,9 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.i
 
 def finest_schedule(kernel_size: int) -> tuple[float, float]:
     """(σ_start, σ_end) of the finest level in the default coarse-to-fine run."""
-    n = len(pyramid(kernel_size, DEFAULTS["min_kernel"])) * DEFAULTS["iters"]
-    sigmas = np.geomspace(DEFAULTS["sigma_start"], DEFAULTS["sigma_end"], n)[-DEFAULTS["iters"] :]
-    return float(sigmas[0]), float(sigmas[-1])
+    levels = len(pyramid(kernel_size, DEFAULTS["min_kernel"]))
+    finest = sigma_schedule(levels, DEFAULTS["iters"], DEFAULTS["sigma_start"], DEFAULTS["sigma_end"])[-1]
+    return float(finest[0]), float(finest[-1])
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def main() -> None:
             covariance=args.covariance,
             callback=keep_first,
         )
-        oracle = kernel_step(F.pad(sharp, (k // 2,) * 4, mode="replicate"), y, k, 0.0)
+        oracle = REFERENCES["oracle: kernel step on the true image, edge selection"](y, sharp, name)
         row = {"image_id": name} | run
         for label, est in (("first", first[0]), ("last", res.kernel), ("oracle", oracle)):
             row[label] = {"error_ratio": error_ratio(y, sharp, est, h), "kernel_error": kernel_error(est, h)}

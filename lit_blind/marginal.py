@@ -293,6 +293,13 @@ def pyramid(kernel_size: int, min_kernel: int = 5, ratio: float = math.sqrt(0.5)
     return levels[::-1]
 
 
+def sigma_schedule(levels: int, iters: int, sigma_start: float, sigma_end: float) -> np.ndarray:
+    """The denoiser's levels σ_t of :func:`marginal_em`, shape ``(levels, iters)``: one row per pyramid level
+    (coarse first), one column per outer iteration, geometric from ``sigma_start`` to ``sigma_end`` over the whole
+    pyramid."""
+    return np.geomspace(sigma_start, sigma_end, levels * iters).reshape(levels, iters)
+
+
 def marginal_em(
     y: Tensor,
     prior: Prior,
@@ -385,7 +392,7 @@ def marginal_em(
     if rgb:  # estimate the kernel on the luminance
         y = to_channels(y, 1)
     levels = pyramid(int(kernel_size), int(min_kernel))
-    sigmas = np.geomspace(sigma_start, sigma_end, len(levels) * int(iters))
+    sigmas = sigma_schedule(len(levels), int(iters), sigma_start, sigma_end)
     hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
     hist["scales"] = []
     if covariance == "hqs":  # the noise of the photograph (of its luminance for an RGB y)
@@ -397,8 +404,10 @@ def marginal_em(
         ys = y if s == 1.0 else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
         if isinstance(init, Tensor) and h is None:  # the given kernel resized to this level, antialiased: point
             # sampling (rescale_kernel) can miss a thin kernel altogether when it shrinks it
-            h = F.interpolate(init.to(y), size=(k, k), mode="bilinear", antialias=True, align_corners=False)
-            h = h.clamp_min(0) / h.clamp_min(0).sum()
+            h = F.interpolate(init.to(y), size=(k, k), mode="bilinear", antialias=True, align_corners=False).clamp_min(
+                0
+            )
+            h = h / h.sum()
         elif h is None:
             h = torch.zeros(1, 1, k, k, dtype=y.dtype, device=y.device)
             if init == "small":  # a 3×3 box
@@ -412,7 +421,7 @@ def marginal_em(
         if covariance == "hqs":
             noise = sigma_y * (1.0 if s == 1.0 else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
         for t in range(int(iters)):
-            sig = float(sigmas[li * int(iters) + t])
+            sig = float(sigmas[li, t])
             for _ in range(int(inner)):
                 xp = _hqs_prox(x, ys, h, rho)
                 x = _denoise(prior, xp, sig)
@@ -439,13 +448,13 @@ def marginal_em(
                 hist[key].append(v)
             hist["seconds"].append(time.perf_counter() - t0)
             if callback is not None:
-                state = dict(level=li, iteration=t, total=len(sigmas), sigma=sig, x=x, kernel=h, data_fidelity=f)
+                state = dict(level=li, iteration=t, total=sigmas.size, sigma=sig, x=x, kernel=h, data_fidelity=f)
                 callback(state | {"score_evals": evals})
         hist["scales"].append((k, h.cpu()))
     if rgb:  # each channel deconvolved under the final kernel with the gray prior, same σ schedule as the last level
         x = F.pad(y_rgb, (h.shape[-1] // 2,) * 4, mode="replicate").transpose(0, 1)
         yc = y_rgb.transpose(0, 1)  # channels as a batch; prox_data broadcasts the one kernel
-        for sig in sigmas[-int(iters) :]:
+        for sig in sigmas[-1]:
             for _ in range(int(inner)):
                 x = _denoise(prior, _hqs_prox(x, yc, h, rho), float(sig))
                 evals += 1
