@@ -2,14 +2,15 @@
 
 For each capture, :func:`lit_blind.marginal.marginal_em` runs its finest level only (one pyramid level,
 ``min_kernel`` = the kernel size) from ``init`` = the true kernel, with the σ schedule that level has in the
-default coarse-to-fine run (the last ``iters`` values of the geometric ``sigma_start`` → ``sigma_end`` sequence)
-and every other setting at its default. Printed per image: the error ratio and kernel error after the first and
+default coarse-to-fine run (the last ``iters`` values of the geometric ``sigma_start`` → ``sigma_end`` sequence;
+``sigma_end`` the engine's default for the capture's noise level unless ``--sigma-end`` is given) and every other
+setting at its default. Printed per image: the error ratio and kernel error after the first and
 after the last outer iteration, and the kernel step on the true sharp image (the oracle of
 ``benchmarks/levin_compare.py``, edge selection on). If the iteration leaves the truth, the coarse-to-fine path is
 not what limits the default there: its fixed point does. Rows are appended to ``--out`` (JSON lines) and images
 already there are skipped, so two processes can share a run:
 
-    python benchmarks/em_fixed_point.py --images im1_kernel1 im3_kernel6 [--covariance none] [--out PATH]
+    python benchmarks/em_fixed_point.py --images im1_kernel1 im3_kernel6 [--covariance none] [--sigma-end 0.015]
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from levin_compare import REFERENCES  # beside this script
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.loading import load_prior
-from lit_blind.marginal import COVARIANCES, marginal_em, pyramid, sigma_schedule
-from lit_blind.metrics import error_ratio, kernel_error
+from lit_blind.marginal import COVARIANCES, annealing_end, marginal_em, pyramid, sigma_schedule
+from lit_blind.metrics import error_ratio, kernel_error, noise_level
 
 DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
 
 
-def finest_schedule(kernel_size: int) -> tuple[float, float]:
-    """(σ_start, σ_end) of the finest level in the default coarse-to-fine run."""
+def finest_schedule(kernel_size: int, sigma_end: float) -> tuple[float, float]:
+    """(σ_start, σ_end) of the finest level in the default coarse-to-fine run that ends at ``sigma_end``."""
     levels = len(pyramid(kernel_size, DEFAULTS["min_kernel"]))
-    finest = sigma_schedule(levels, DEFAULTS["iters"], DEFAULTS["sigma_start"], DEFAULTS["sigma_end"])[-1]
+    finest = sigma_schedule(levels, DEFAULTS["iters"], DEFAULTS["sigma_start"], sigma_end)[-1]
     return float(finest[0]), float(finest[-1])
 
 
@@ -45,18 +46,24 @@ def main() -> None:
     ap.add_argument("--images", nargs="*", help="image ids such as im1_kernel1 (default: all 32)")
     ap.add_argument("--covariance", default=DEFAULTS["covariance"], choices=COVARIANCES)
     ap.add_argument("--prior", default="natural-gray-small")
+    ap.add_argument(
+        "--sigma-end", type=float, default=None, help="σ_t at the end of the whole run (default: the engine's)"
+    )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    run = {"covariance": args.covariance, "prior": args.prior}  # what a row of this run carries besides its image
+    run = {
+        "covariance": args.covariance,
+        "prior": args.prior,
+        "sigma_end": args.sigma_end,
+    }  # what a row of this run carries besides its image
     done = {r["image_id"] for r in rows if all(r.get(key) == v for key, v in run.items())}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
     dm.setup()
     prior, k = load_prior(args.prior), 31
-    s0, s1 = finest_schedule(k)
     for item in dm.items:
         name = item["image_id"]
         if name in done or (args.images and name not in args.images):
@@ -64,6 +71,7 @@ def main() -> None:
         y, sharp, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
         h_true = F.pad(h, ((k - h.shape[-1]) // 2,) * 4)
         first = []  # the kernel after the first outer iteration
+        s0, s1 = finest_schedule(k, args.sigma_end or annealing_end(prior, noise_level(y), DEFAULTS["sigma_start"]))
 
         def keep_first(state: dict, first: list = first) -> None:
             if not first:
@@ -90,7 +98,8 @@ def main() -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     rows = [r for r in rows if all(r.get(key) == v for key, v in run.items())]
     rows = [r for r in rows if not args.images or r["image_id"] in args.images]
-    print(f"\n{len(rows)} captures, covariance {args.covariance}, prior {args.prior}, σ {s0:.4g} → {s1:.4g}")
+    end = "the engine's default" if args.sigma_end is None else args.sigma_end
+    print(f"\n{len(rows)} captures, covariance {args.covariance}, prior {args.prior}, sigma_end {end}")
     print("| started at the true kernel | ER ≤ 3 | mean ER | median ER | kernel error |\n|---|---|---|---|---|")
     for key, label in (("first", "after 1 iteration"), ("last", f"after {DEFAULTS['iters']}"), ("oracle", "oracle")):
         er = [r[key]["error_ratio"] for r in rows]

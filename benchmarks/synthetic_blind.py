@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lit_blind._limits import SIGMA_Y_MAX
 from lit_blind.io import data_path, read_levin_kernels
 from lit_blind.loading import load_prior
 from lit_blind.marginal import marginal_em
@@ -69,8 +70,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.01, help="σ_y of the white noise added to the blur")
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()
-    if not 0 < args.noise <= 0.5:
-        ap.error(f"--noise must be in (0, 0.5], got {args.noise}")
+    if not 0 < args.noise <= SIGMA_Y_MAX:
+        ap.error(f"--noise must be in (0, {SIGMA_Y_MAX}], got {args.noise}")
     configs = {k: v for k, v in CONFIGS.items() if args.rows is None or any(w in k for w in args.rows)}
     if not (DATA / "natural" / "BSD68").is_dir():
         print(f"skipped: {DATA} not found")

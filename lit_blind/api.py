@@ -47,10 +47,11 @@ def deblur(
 
     ``algorithm="em"`` (the default, for real photographs): :func:`~lit_blind.marginal.marginal_em`,
     coarse-to-fine EM with the prior's denoiser, valid boundary, options in ``em_options``; an RGB ``y`` with a
-    gray prior stays RGB; ``init`` may also be a ``(1, 1, kernel_size, kernel_size)`` kernel there (a warm start).
-    The parameters from ``theta0`` to ``preset`` belong to the paper's algorithms and
-    are an error with ``"em"``; left None they take the values of ``preset`` (:data:`lit_blind.deconv.PRESETS`:
-    ``"paper"``, the default, or ``"fast"``), where every default of Algorithms 1–2 is declared once.
+    gray prior stays RGB; ``init`` may also be a ``(1, 1, kernel_size, kernel_size)`` kernel there (a warm start);
+    ``sigma_y``, the noise level of ``y``, is estimated from ``y`` when None and ends the EM's annealing. The
+    other parameters from ``theta0`` to ``preset`` belong to the paper's algorithms and are an error with
+    ``"em"``; left None they take the values of ``preset`` (:data:`lit_blind.deconv.PRESETS`: ``"paper"``, the
+    default, or ``"fast"``), where every default of Algorithms 1–2 (σ_y among them) is declared once.
 
     Otherwise minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
     (``algorithm="alternating"``) or Algorithm 2 (``"drs"``) from
@@ -84,6 +85,7 @@ def deblur(
     paper |= dict(sigma_denoiser=sigma_denoiser, family_kw=family_kw, scales=scales, preset=preset)
     check_algorithm_settings(algorithm, paper, em_options)
     if algorithm == "em":
+        em_options = (em_options or {}) | ({} if sigma_y is None else {"sigma_y": sigma_y})
         return _deblur_em(y, prior, family, kernel_size, init, boundary or "valid", callback, em_options)
     y = check_image("y", y, channels=prior.channels)
     settings = {
@@ -108,9 +110,11 @@ def check_algorithm_settings(algorithm: str, paper: dict, em_options: dict | Non
     """Raise ``ValueError`` when settings of Algorithms 1–2 (``paper``: name → value, None = not given) come
     with ``algorithm="em"``, or ``em_options`` with another algorithm — instead of ignoring them."""
     check_choice("algorithm", algorithm, ALGORITHMS)
-    given = [name for name, v in paper.items() if v is not None]
+    given = [name for name, v in paper.items() if v is not None and name != "sigma_y"]  # σ_y: every algorithm's
     if algorithm == "em" and given:
         raise ValueError(f"{', '.join(given)} apply to algorithm 'alternating' / 'drs' only, not to 'em'")
+    if algorithm == "em" and paper.get("sigma_y") is not None and "sigma_y" in (em_options or {}):
+        raise ValueError("sigma_y given twice: as sigma_y and in em_options; give it once")
     if algorithm != "em" and em_options:
         raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
 
@@ -122,4 +126,4 @@ def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options)
         raise ValueError(f"algorithm='em' estimates a free-form kernel: family must be 'simplex', got {family!r}")
     if boundary != "valid":
         raise ValueError(f"algorithm='em' works on real photographs: boundary must be 'valid', got {boundary!r}")
-    return marginal_em(y, prior, kernel_size, init=init, callback=callback, **(options or {}))
+    return marginal_em(y, prior, kernel_size, init=init, callback=callback, **options)

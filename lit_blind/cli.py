@@ -25,6 +25,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from lit_blind._limits import COVARIANCES, SIGMA_Y_MAX
+
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS = (
     ("deblur", "blind deblurring of one photo (default: coarse-to-fine EM with a diffusion prior)"),
@@ -35,19 +37,18 @@ COMMANDS = (
     ("predict", "LightningCLI: predict with a model (--config ...)"),
 )
 TRAINER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "trainer"
-SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
 
 # flag, type, the library's name (deblur's parameter and the preset's key), help of the options that only
 # Algorithms 1-2 read: None on the parser, the --preset's value when not given (lit_blind.deconv.PRESETS, where
 # every default lives once); an explicit value with --algorithm em is an error, not silently ignored (except
-# --sigma-y with --covariance hqs, which reads it)
+# --sigma-y, which the EM reads too)
 MAP_OPTIONS = [
     (
         "--sigma-y",
         float,
         "sigma_y",
-        f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force; also read by --algorithm em "
-        "--covariance hqs, in place of the estimate",
+        f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force; --algorithm em reads it in "
+        "place of its estimate from the image",
     ),
     ("--iterations", int, "K", "outer iterations K"),
     ("--inner", int, "K_x", "image steps per outer iteration K_x"),
@@ -168,7 +169,7 @@ def deblur_parser() -> argparse.ArgumentParser:
     em_only.add_argument(
         "--covariance",
         default=None,
-        choices=EM_COVARIANCES,
+        choices=COVARIANCES,
         help="the covariance term of the kernel step (README, Levin benchmark): full (over every pixel; best on "
         "synthetic blur), kept (over the kept edge gradients), tweedie (the denoiser's per-pixel variance of the "
         "kept gradients, 2x the denoiser calls), hqs (the E-step's exact covariance at the image's estimated "
@@ -194,23 +195,15 @@ def _check_sigma_y(sigma_y: float, force: bool) -> None:
         raise ValueError(f"--sigma-y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1]{more}, got {sigma_y}")
 
 
-EM_COVARIANCES = ("full", "kept", "tweedie", "hqs", "none")  # lit_blind.marginal.COVARIANCES, without importing torch
-
-
 def deblur_main(argv: list[str]) -> int:
     args = deblur_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     if args.kernel_size < 3 or args.kernel_size % 2 == 0:
         raise ValueError(f"--kernel-size must be an odd integer >= 3, got {args.kernel_size}")
     if args.algorithm == "em":
-        hqs = args.covariance == "hqs"  # --sigma-y then replaces the noise level estimated from the image
-        given = [flag for flag, *_ in MAP_OPTIONS if getattr(args, _dest(flag)) is not None]
-        given = [flag for flag in given if not (hqs and flag == "--sigma-y")]
+        given = [flag for flag, *_ in MAP_OPTIONS if flag != "--sigma-y" and getattr(args, _dest(flag)) is not None]
         given += ["--preset"] if args.preset is not None else []
         if given:
-            also = " (--sigma-y also to --covariance hqs)" if "--sigma-y" in given else ""
-            raise ValueError(
-                f"{', '.join(given)} apply to --algorithm alternating|drs only{also}, not to --algorithm em"
-            )
+            raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
         if args.sigma_y is not None:
             _check_sigma_y(args.sigma_y, force=False)
     else:
@@ -379,7 +372,7 @@ def _deblur_em(args, y, prior, state: dict):
             bar.set_postfix(level=s["level"], sigma=f"{s['sigma']:.3g}", f=f"{s['data_fidelity']:.3g}", refresh=False)
             bar.update(1)
 
-        noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # --covariance hqs only (checked)
+        noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # in place of the engine's estimate
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, callback=progress, **noise
         )

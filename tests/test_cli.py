@@ -87,11 +87,8 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--kernel-size", "99"], "--kernel-size 99 must not exceed the image size"),
         (["--algorithm", "alternating", "--sigma-y", "10"], "--sigma-y must be in (0, 0.5]"),
         (["--iterations", "3"], "--iterations apply to --algorithm alternating|drs only"),
-        (
-            ["--sigma-y", "0.01"],
-            "--sigma-y apply to --algorithm alternating|drs only (--sigma-y also to --covariance hqs)",
-        ),
-        (["--covariance", "hqs", "--sigma-y", "0.9"], "--sigma-y must be in (0, 0.5]"),
+        (["--iterations", "3", "--sigma-y", "0.01"], "--iterations apply to --algorithm alternating|drs only"),
+        (["--sigma-y", "0.9"], "--sigma-y must be in (0, 0.5]"),
         (["--boundary", "circular"], "--algorithm em needs --boundary valid"),
         (["--algorithm", "alternating", "--covariance", "kept"], "--covariance applies to --algorithm em only"),
         (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
@@ -177,8 +174,9 @@ def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
     assert evals["tweedie"] == 2 * evals["full"]
 
 
-def test_deblur_sigma_y_reaches_the_hqs_covariance(photo, tmp_path, monkeypatch, capsys):
-    """--covariance hqs --sigma-y σ: the engine gets σ in place of its own estimate, and the run records it."""
+def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
+    """--sigma-y σ with the EM (here with --covariance hqs, which reads it too): the engine gets σ in place of its
+    own estimate, and the run records it."""
     import lit_blind.marginal
 
     calls = []
@@ -194,13 +192,6 @@ def test_deblur_sigma_y_reaches_the_hqs_covariance(photo, tmp_path, monkeypatch,
     assert calls[0]["sigma_y"] == 0.02 and "sigma_y" not in calls[1]
     assert json.loads((tmp_path / "a" / "result.json").read_text())["settings"]["sigma_y"] == 0.02
     assert "--sigma-y 0.02" in capsys.readouterr().out
-
-
-def test_deblur_covariance_choices_are_the_engines():
-    from lit_blind.cli import EM_COVARIANCES
-    from lit_blind.marginal import COVARIANCES
-
-    assert EM_COVARIANCES == COVARIANCES
 
 
 def test_deblur_alternating_rgb_nonsquare_photo(tmp_path):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
+    SIGMA_END_PER_NOISE,
     edge_usefulness,
     gradient_covariance_trace,
     kernel_normal_equations,
@@ -22,7 +23,7 @@ from lit_blind.marginal import (
     tweedie_gradient_variance,
 )
 from lit_blind.metrics import kernel_error, noise_level
-from lit_blind.physics import blur
+from lit_blind.physics import add_noise, blur
 from lit_blind.priors import GaussianMixturePrior
 
 D = torch.float64
@@ -141,7 +142,7 @@ def test_hqs_covariance_is_the_exact_covariance_of_the_e_steps_gaussian():
     the initial 3×3 box, computed densely here; with sigma_y omitted, the noise level is estimated from y."""
     y = blur(_blocks(16, 16), _motion_kernel(5), "valid")  # 12 × 12, x on 16 × 16
     sigma_y, rho = 0.02, 0.1
-    one_level = dict(iters=1, inner=1, min_kernel=7)  # a 5×5 kernel below min_kernel: the pyramid has one level
+    one_level = dict(iters=1, inner=1, min_kernel=7, init="small")  # 5×5 below min_kernel: one level
     res = marginal_em(y, GaussianPrior(), 5, covariance="hqs", sigma_y=sigma_y, rho=rho, **one_level)
     box = torch.zeros(1, 1, 5, 5, dtype=D)
     box[..., 1:4, 1:4] = 1 / 9
@@ -240,8 +241,7 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"init": -torch.ones(1, 1, 9, 9, dtype=torch.float64)}, "positive sum"),
         ({"covariance": "sampled"}, "covariance must be one of"),
         ({"edge_window": 4}, "edge_window must be 0"),
-        ({"sigma_y": 0.01}, "sigma_y is used by covariance='hqs' only"),
-        ({"covariance": "hqs", "sigma_y": 0.0}, r"sigma_y must be in \(0, 0.5\]"),
+        ({"sigma_y": 0.0}, r"sigma_y must be in \(0, 0.5\]"),
         ({"covariance": "hqs", "sigma_y": 2.0}, r"sigma_y must be in \(0, 0.5\]"),
     ],
 )
@@ -268,6 +268,26 @@ def test_deblur_em_rejects_settings_it_cannot_honour():
         deblur(y, GaussianPrior(), kernel_size=9, K=4, gamma_x=0.1)  # the default algorithm is EM
     with pytest.raises(ValueError, match="em_options apply"):
         deblur(y, GaussianPrior(), algorithm="alternating", kernel_size=9, em_options={"iters": 2})
+    with pytest.raises(ValueError, match="sigma_y given twice"):
+        deblur(y, GaussianPrior(), kernel_size=9, sigma_y=0.01, em_options={"sigma_y": 0.02})
+
+
+def test_annealing_ends_at_the_noise_level():
+    """sigma_end=None: σ_t ends at SIGMA_END_PER_NOISE · σ_y, at least the prior's sigma_min and at most
+    sigma_start; σ_y is estimated from y when not given, and deblur passes its sigma_y to the EM."""
+    y = add_noise(blur(_blocks(40, 40), _motion_kernel(5), "valid"), 0.02, torch.Generator().manual_seed(0))
+    one = dict(iters=2, inner=1, min_kernel=7)  # a 5×5 kernel below min_kernel: one level
+    prior = GaussianPrior(sigma_min=0.005)
+    for sigma_y, end in ((0.02, SIGMA_END_PER_NOISE * 0.02), (0.001, 0.005), (0.2, 0.05)):
+        res = marginal_em(y, prior, 5, sigma_y=sigma_y, **one)
+        assert res.history["sigma"] == pytest.approx([0.05, end], rel=1e-12)  # geometric: start, end
+        assert res.history["sigma_y"] == sigma_y
+    estimated = marginal_em(y, prior, 5, **one)
+    assert estimated.history["sigma_y"] == noise_level(y) and 0.015 < noise_level(y) < 0.025
+    assert estimated.history["sigma"][-1] == pytest.approx(SIGMA_END_PER_NOISE * noise_level(y), rel=1e-12)
+    assert marginal_em(y, prior, 5, sigma_end=0.03, **one).history["sigma"][-1] == pytest.approx(0.03)
+    via_deblur = deblur(y, prior, kernel_size=5, sigma_y=0.02, em_options=one).history
+    assert via_deblur["sigma_y"] == 0.02 and via_deblur["sigma"][-1] == pytest.approx(SIGMA_END_PER_NOISE * 0.02)
 
 
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
@@ -342,8 +362,8 @@ def test_a_kernel_on_the_border_of_its_support_is_reported():
     x = _blocks(64, 64)
     h = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     h[0, 0, 4, :] = 1 / 9  # a 9-px motion blur, as wide as the support
-    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9, iters=2)
-    small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9, iters=2)
+    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9, iters=4)
+    small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9, iters=4)
     assert any("kernel size may be too small" in w for w in res.history["warnings"])
     assert small.history["warnings"] == []
 

@@ -1,0 +1,8 @@
+"""Bounds and choices that the library checks and the command line checks too, before it imports torch.
+
+One definition each, in a module without imports, so that ``lit-blind deblur`` rejects a bad flag at once and
+the library's own check can never disagree with it.
+"""
+
+SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
+COVARIANCES = ("full", "kept", "tweedie", "hqs", "none")  # marginal_em's covariance terms (lit_blind.marginal)
