@@ -68,6 +68,9 @@ def main() -> None:
         "--edge-window", type=int, default=None, help="usefulness window of the edge selection (0: magnitude only)"
     )
     ap.add_argument("--noise", type=float, default=0.01, help="σ_y of the white noise added to the blur")
+    ap.add_argument(
+        "--sigma-end", type=float, default=None, help="the EM's last σ_t (default: the engine's, from the noise level)"
+    )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
@@ -81,6 +84,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     engine = {} if args.iters is None else {"iters": args.iters}
     engine |= {} if args.edge_window is None else {"edge_window": args.edge_window}
+    engine |= {} if args.sigma_end is None else {"sigma_end": args.sigma_end}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():

@@ -6,7 +6,13 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
 * **E-step** (image): half-quadratic splitting with the prior's denoiser at an annealed level σ_t,
   :math:`x_p = \operatorname{argmin}_x \|h\star x - y\|^2 + \rho\|x - z\|^2` (CG on the valid domain),
   :math:`z = D(x_p, \sigma_t)`; ``inner`` such pairs per outer iteration. σ_t decreases geometrically over the
-  whole pyramid (``sigma_start`` → ``sigma_end``), so early steps see a strong prior.
+  whole pyramid (``sigma_start`` → ``sigma_end``), so early steps see a strong prior. It ends at the
+  photograph's noise level, ``SIGMA_END_PER_NOISE`` · σ_y (σ_y estimated by
+  :func:`~lit_blind.metrics.noise_level` unless given), no lower than the prior's ``sigma_min`` (eleventh
+  session; a fixed 0.015 before, tuned at σ_y = 0.01): a denoiser level above what the noise calls for leaves
+  the E-step's image smoother than the photograph allows and the kernel fitted to it wider, one below it lets
+  noise into the edges. The factor keeps the tuned end at σ_y = 0.01; the rule was then measured at other noise
+  levels and on the Levin captures (README).
 * **Covariance term**: the kernel step adds :math:`c\,\|h\|^2` with
   :math:`c = \operatorname{tr}(\nabla C \nabla^\top)`, the summed posterior variance of the image gradients,
   :math:`C = \sigma_t^2 (H^\top H/\rho + I)^{-1}` the covariance of the HQS image given z (closed form in

@@ -163,12 +163,13 @@ class DeblurProbe(Probe):
         return {"error_ratios": fig, **self._kernel_figure(rows)}
 
     def _kernel_figure(self, rows: list[dict], n: int = 8) -> dict:
-        """True and estimated kernels of the first ``n`` images, one column per image."""
+        """True and estimated kernels of the first ``n`` images by id (not by the order in which parallel workers
+        finished them), one column per image."""
         import matplotlib.pyplot as plt
 
         if self.output_dir is None or not (Path(self.output_dir) / "estimates").is_dir():
             return {}
-        ids = list(dict.fromkeys(r["image_id"] for r in rows if "error_ratio" in r))[:n]
+        ids = sorted({r["image_id"] for r in rows if "error_ratio" in r})[:n]
         names = ["true", *self.inits]
         fig, axes = plt.subplots(len(names), len(ids), figsize=(1.3 * len(ids), 1.4 * len(names)), squeeze=False)
         for j, image_id in enumerate(ids):
