@@ -55,11 +55,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    run = {
-        "covariance": args.covariance,
-        "prior": args.prior,
-        "sigma_end": args.sigma_end,
-    }  # what a row of this run carries besides its image
+    # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture)
+    run = {"covariance": args.covariance, "prior": args.prior, "sigma_end": args.sigma_end}
     done = {r["image_id"] for r in rows if all(r.get(key) == v for key, v in run.items())}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
     dm.setup()
@@ -71,7 +68,10 @@ def main() -> None:
         y, sharp, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
         h_true = F.pad(h, ((k - h.shape[-1]) // 2,) * 4)
         first = []  # the kernel after the first outer iteration
-        s0, s1 = finest_schedule(k, args.sigma_end or annealing_end(prior, noise_level(y), DEFAULTS["sigma_start"]))
+        last = args.sigma_end
+        if last is None:  # the engine's default for this capture
+            last = annealing_end(prior, noise_level(y), DEFAULTS["sigma_start"])
+        s0, s1 = finest_schedule(k, last)
 
         def keep_first(state: dict, first: list = first) -> None:
             if not first:
