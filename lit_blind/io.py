@@ -157,13 +157,16 @@ def read_image(path: str | Path, channels: int | None = None, key: str | None = 
     return (x if channels is None else to_channels(x, channels)).contiguous()
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
+
+
 def to_channels(x: Tensor, channels: int) -> Tensor:
     """A ``(B, 1|3, H, W)`` image with ``channels`` channels: RGB → gray by the ITU-R BT.601 luma
     0.299 R + 0.587 G + 0.114 B (as PIL's ``convert("L")``), gray → RGB by three copies; unchanged otherwise."""
     if x.shape[1] == channels:
         return x
     if channels == 1 and x.shape[1] == 3:
-        luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)[:, None, None]
+        luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device)[:, None, None]
         return (x * luma).sum(1, keepdim=True)
     if channels == 3 and x.shape[1] == 1:
         return x.expand(x.shape[0], 3, *x.shape[-2:])

@@ -85,7 +85,7 @@ from torch import Tensor
 from lit_blind._checks import check_choice, check_image, check_positive
 from lit_blind._limits import COVARIANCES, SIGMA_Y_MAX
 from lit_blind.deconv import DeblurResult
-from lit_blind.io import to_channels
+from lit_blind.io import LUMA, to_channels
 from lit_blind.metrics import noise_level
 from lit_blind.physics import data_fidelity, image_gradient, image_gradient_adjoint, prox_data_unchecked
 from lit_blind.priors import Prior
@@ -338,8 +338,9 @@ def marginal_em(
     .. math:: h \leftarrow \operatorname{argmin}_{h \ge 0} \sum_d \|\partial_d z \star h - \partial_d y\|^2
               + \operatorname{tr}(\nabla C \nabla^\top)\,\|h\|^2,\qquad z = D(x_p, \sigma_t)
 
-    ``sigma_y``: the noise level of ``y`` (white Gaussian, in [0, 1] units), estimated by
-    :func:`~lit_blind.metrics.noise_level` when None. ``sigma_start``, ``sigma_end``: the denoiser's levels σ_t,
+    ``sigma_y``: the noise level of ``y`` (white Gaussian, per channel, in [0, 1] units), estimated by
+    :func:`~lit_blind.metrics.noise_level` when None; for an RGB ``y`` the level that counts is the luminance's,
+    σ_y‖w‖ (w the luma weights, 0.668 σ_y), or the estimate on the luminance. ``sigma_start``, ``sigma_end``: the denoiser's levels σ_t,
     geometric over the whole pyramid (:func:`sigma_schedule`); ``sigma_end=None`` ends them at
     ``SIGMA_END_PER_NOISE`` (1.4) × ``sigma_y``, no lower than the prior's ``sigma_min`` and no higher than
     ``sigma_start`` (module docstring).
@@ -359,7 +360,7 @@ def marginal_em(
     level's σ schedule, the prior applied per channel). Returns the image on the
     (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
     and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
-    ``seconds``), ``history["sigma_y"]`` (the noise level used), every level's final
+    ``seconds``), ``history["sigma_y"]`` (the noise level used: the luminance's for an RGB ``y``), every level's final
     kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size may be too small" when more than
     5 % of the kernel's mass lies on the border of its support: on the 64 Levin estimates, whose true kernels
     all fit, the border held at most 4.1 %). ``callback`` gets a dict per outer
@@ -409,7 +410,11 @@ def marginal_em(
     rgb, y_rgb = y.shape[1] == 3 and prior.channels == 1, y
     if rgb:  # estimate the kernel on the luminance
         y = to_channels(y, 1)
-    sigma_y = float(sigma_y) if sigma_y is not None else noise_level(y)  # of the luminance for an RGB y
+    if sigma_y is None:  # estimated on the image the kernel is estimated on: the luminance for an RGB y
+        sigma_y = noise_level(y)
+    elif rgb:  # σ_y per channel: white noise of the channels is σ_y‖w‖ in the luminance Σ w_c y_c
+        sigma_y = float(sigma_y) * math.hypot(*LUMA)
+    sigma_y = float(sigma_y)
     if sigma_end is None:  # the annealing ends at the photograph's noise level (module docstring)
         sigma_end = annealing_end(prior, sigma_y, sigma_start)
     levels = pyramid(int(kernel_size), int(min_kernel))

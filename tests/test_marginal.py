@@ -290,6 +290,20 @@ def test_annealing_ends_at_the_noise_level():
     assert via_deblur["sigma_y"] == 0.02 and via_deblur["sigma"][-1] == pytest.approx(SIGMA_END_PER_NOISE * 0.02)
 
 
+def test_rgb_noise_level_is_the_luminances():
+    """An RGB y with per-channel noise σ: the EM works on the luminance Σ w_c y_c, whose noise is σ‖w‖; a given
+    sigma_y is converted so, and the estimate (made on the luminance) agrees with the conversion."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.linspace(0.2, 0.8, 124, dtype=D).expand(1, 1, 124, 124)  # smooth: the estimate sees the noise only
+    rgb = blur(torch.cat([x, 0.8 * x.flip(-1), 1 - x], 1), _motion_kernel(5), "valid")
+    y = add_noise(rgb, 0.03, gen)
+    one = dict(iters=1, inner=1, min_kernel=7)
+    given = marginal_em(y, GaussianPrior(), 5, sigma_y=0.03, **one).history["sigma_y"]
+    assert given == pytest.approx(0.03 * math.hypot(0.299, 0.587, 0.114), rel=1e-12)
+    estimated = marginal_em(y, GaussianPrior(), 5, **one).history["sigma_y"]
+    assert estimated == pytest.approx(given, rel=0.05)
+
+
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
     off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance="none")
