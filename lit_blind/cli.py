@@ -274,6 +274,8 @@ def deblur_main(argv: list[str]) -> int:
     summary["data_fidelity"] = res.history["data_fidelity"][-1]
     summary["score_evals"] = res.history["score_evals"][-1]
     summary["warnings"] = res.history.get("warnings", [])
+    if args.algorithm == "em":  # the noise level the EM used (its luminance's for RGB) and where σ_t ended
+        summary |= {"em_sigma_y": res.history["sigma_y"], "em_sigma_end": res.history["sigma"][-1]}
     for warning in summary["warnings"]:
         print(f"lit-blind: warning: {warning}", file=sys.stderr)
     _write_outputs(out, y, res.image, res.kernel, summary)

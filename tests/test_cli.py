@@ -19,7 +19,7 @@ from lit_blind.cli import deblur_parser, main
 from lit_blind.demo import camera
 from lit_blind.io import read_image, write_image
 from lit_blind.kernels import family
-from lit_blind.marginal import marginal_em
+from lit_blind.marginal import SIGMA_END_PER_NOISE, marginal_em
 from lit_blind.physics import blur
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,9 @@ def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
     assert main([*args, "--sigma-y", "0.02", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert calls[0]["sigma_y"] == 0.02 and "sigma_y" not in calls[1]
-    assert json.loads((tmp_path / "a" / "result.json").read_text())["settings"]["sigma_y"] == 0.02
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["settings"]["sigma_y"] == 0.02 and result["em_sigma_y"] == 0.02
+    assert result["em_sigma_end"] == pytest.approx(SIGMA_END_PER_NOISE * 0.02)
     assert "--sigma-y 0.02" in capsys.readouterr().out
 
 
