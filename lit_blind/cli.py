@@ -47,8 +47,7 @@ MAP_OPTIONS = [
         "--sigma-y",
         float,
         "sigma_y",
-        f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force; --algorithm em reads it in "
-        "place of its estimate from the image",
+        f"noise level σ_y of the image in [0, 1]; (0, {SIGMA_Y_MAX}] unless --force",
     ),
     ("--iterations", int, "K", "outer iterations K"),
     ("--inner", int, "K_x", "image steps per outer iteration K_x"),
@@ -185,7 +184,11 @@ def deblur_parser() -> argparse.ArgumentParser:
         "Armijo θ steps) or paper (the paper's K = 400, K_x = 100) (default: fast)",
     )
     for flag, typ, _, text in MAP_OPTIONS:
-        map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default: from --preset)")
+        if flag == "--sigma-y":  # every algorithm reads it: listed with the common options
+            more = "(default: --algorithm em estimates it from the image, alternating|drs take the --preset's)"
+            ap.add_argument(flag, type=typ, default=None, help=f"{text} {more}")
+        else:
+            map_only.add_argument(flag, type=typ, default=None, help=f"{text} (default: from --preset)")
     return ap
 
 
