@@ -340,8 +340,8 @@ def marginal_em(
 
     ``sigma_y``: the noise level of ``y`` (white Gaussian, per channel, in [0, 1] units), estimated by
     :func:`~lit_blind.metrics.noise_level` when None; for an RGB ``y`` the level that counts is the luminance's,
-    σ_y‖w‖ (w the luma weights, 0.668 σ_y), or the estimate on the luminance. ``sigma_start``, ``sigma_end``: the denoiser's levels σ_t,
-    geometric over the whole pyramid (:func:`sigma_schedule`); ``sigma_end=None`` ends them at
+    σ_y‖w‖ (w the luma weights, 0.668 σ_y), or the estimate on the luminance. ``sigma_start``, ``sigma_end``:
+    the denoiser's levels σ_t, geometric over the whole pyramid (:func:`sigma_schedule`); ``sigma_end=None`` ends them at
     ``SIGMA_END_PER_NOISE`` (1.4) × ``sigma_y``, no lower than the prior's ``sigma_min`` and no higher than
     ``sigma_start`` (module docstring).
     ``covariance``: the covariance term of the kernel step (:data:`COVARIANCES`): ``full`` (the closed-form HQS
@@ -412,9 +412,8 @@ def marginal_em(
         y = to_channels(y, 1)
     if sigma_y is None:  # estimated on the image the kernel is estimated on: the luminance for an RGB y
         sigma_y = noise_level(y)
-    elif rgb:  # σ_y per channel: white noise of the channels is σ_y‖w‖ in the luminance Σ w_c y_c
-        sigma_y = float(sigma_y) * math.hypot(*LUMA)
-    sigma_y = float(sigma_y)
+    else:  # σ_y per channel: white noise of the channels is σ_y‖w‖ in the luminance Σ w_c y_c
+        sigma_y = float(sigma_y) * (math.hypot(*LUMA) if rgb else 1.0)
     if sigma_end is None:  # the annealing ends at the photograph's noise level (module docstring)
         sigma_end = annealing_end(prior, sigma_y, sigma_start)
     levels = pyramid(int(kernel_size), int(min_kernel))
