@@ -4,13 +4,14 @@ For each capture, :func:`lit_blind.marginal.marginal_em` runs its finest level o
 ``min_kernel`` = the kernel size) from ``init`` = the true kernel, with the σ schedule that level has in the
 default coarse-to-fine run (the last ``iters`` values of the geometric ``sigma_start`` → ``sigma_end`` sequence;
 ``sigma_end`` the engine's default for the capture's noise level unless ``--sigma-end`` is given) and every other
-setting at its default. Printed per image: the error ratio and kernel error after the first and
+setting at its default (``--prune-mass`` the kernel step's pruning, in the engine and the oracle alike). Printed per image: the error ratio and kernel error after the first and
 after the last outer iteration, and the kernel step on the true sharp image (the oracle of
 ``benchmarks/levin_compare.py``, edge selection on). If the iteration leaves the truth, the coarse-to-fine path is
 not what limits the default there: its fixed point does. Rows are appended to ``--out`` (JSON lines) and images
 already there are skipped, so two processes can share a run:
 
     python benchmarks/em_fixed_point.py --images im1_kernel1 im3_kernel6 [--covariance none] [--sigma-end 0.015]
+        [--prune-mass 0.1]
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from levin_compare import REFERENCES  # beside this script
+from levin_compare import oracle  # beside this script
 
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.loading import load_prior
-from lit_blind.marginal import COVARIANCES, annealing_end, marginal_em, pyramid, sigma_schedule
+from lit_blind.marginal import COVARIANCES, PRUNE_MASS, annealing_end, marginal_em, pyramid, sigma_schedule
 from lit_blind.metrics import error_ratio, kernel_error, noise_level
 
 DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
@@ -41,6 +42,12 @@ def finest_schedule(kernel_size: int, sigma_end: float) -> tuple[float, float]:
     return float(finest[0]), float(finest[-1])
 
 
+def same_run(row: dict, run: dict) -> bool:
+    """Whether a stored row has the settings ``run``; rows written before the twelfth session carry no
+    ``prune_mass`` and had 0.1."""
+    return all(row.get(key, 0.1 if key == "prune_mass" else None) == v for key, v in run.items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", nargs="*", help="image ids such as im1_kernel1 (default: all 32)")
@@ -49,15 +56,23 @@ def main() -> None:
     ap.add_argument(
         "--sigma-end", type=float, default=None, help="σ_t at the end of the whole run (default: the engine's)"
     )
+    ap.add_argument(
+        "--prune-mass",
+        type=float,
+        default=PRUNE_MASS,
+        help="the kernel step's pruning (0.1 before the twelfth session)",
+    )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture)
+    # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture;
+    # prune_mass: the kernel step's pruning; rows without it had 0.1, the default before the twelfth session)
     run = {"covariance": args.covariance, "prior": args.prior, "sigma_end": args.sigma_end}
-    done = {r["image_id"] for r in rows if all(r.get(key) == v for key, v in run.items())}
+    run |= {"prune_mass": args.prune_mass}
+    done = {r["image_id"] for r in rows if same_run(r, run)}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
     dm.setup()
     prior, k = load_prior(args.prior), 31
@@ -86,17 +101,18 @@ def main() -> None:
             sigma_start=s0,
             sigma_end=s1,
             covariance=args.covariance,
+            prune_mass=args.prune_mass,
             callback=keep_first,
         )
-        oracle = REFERENCES["oracle: kernel step on the true image, edge selection"](y, sharp, name)
+        fit = oracle(prune_mass=args.prune_mass)(y, sharp, name)
         row = {"image_id": name} | run
-        for label, est in (("first", first[0]), ("last", res.kernel), ("oracle", oracle)):
+        for label, est in (("first", first[0]), ("last", res.kernel), ("oracle", fit)):
             row[label] = {"error_ratio": error_ratio(y, sharp, est, h), "kernel_error": kernel_error(est, h)}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(name, {key: round(row[key]["error_ratio"], 2) for key in ("first", "last", "oracle")}, flush=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    rows = [r for r in rows if all(r.get(key) == v for key, v in run.items())]
+    rows = [r for r in rows if same_run(r, run)]
     rows = [r for r in rows if not args.images or r["image_id"] in args.images]
     end = "the engine's default" if args.sigma_end is None else args.sigma_end
     print(f"\n{len(rows)} captures, covariance {args.covariance}, prior {args.prior}, sigma_end {end}")

@@ -49,8 +49,8 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   with only the strongest gradients of z kept (``edges`` × 4k pixels, as in Cho & Lee 2009), ranked by their
   magnitude times Xu & Jia's (2010) usefulness of the blurry y over ``edge_window`` pixels
   (:func:`edge_usefulness`: ≈ 1 on isolated straight edges, small in texture and fine stripes), then entries
-  below 5 % of the maximum and connected components below 10 % of the mass removed, unit sum, centre of mass
-  moved to the centre. The selection costs accuracy even with the true image in place of z (the dropped
+  below 5 % of the maximum and connected components below 5 % of the mass removed (:func:`prune_kernel`), unit
+  sum, centre of mass moved to the centre. The selection costs accuracy even with the true image in place of z (the dropped
   gradients still shape y: on the 32 Levin captures the mean error ratio of the kernel step on the true image
   is 0.60 with every gradient and 1.19 with the selection, ``benchmarks/levin_compare.py``), but with an
   estimated z, whose weak gradients are wrong, every gradient is far worse (README).
@@ -94,6 +94,8 @@ from lit_blind.priors import Prior
 # docstring): the earlier fixed end 0.015, tuned on synthetic blurs at σ_y = 0.01, over the median noise estimate
 # (metrics.noise_level, biased upward by texture) of 16 BSD68 photographs blurred at σ_y = 0.01, 0.0110
 SIGMA_END_PER_NOISE = 1.4
+# the kernel step's pruning drops 8-connected components below this fraction of the kernel's mass (prune_kernel)
+PRUNE_MASS = 0.05
 
 
 def kernel_normal_equations(gs: list[Tensor], ys: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
@@ -156,9 +158,11 @@ def kernel_step(
     masked_cov: bool = False,
     grad_var: tuple[Tensor, Tensor] | None = None,
     edge_window: int = 5,
+    prune_mass: float = PRUNE_MASS,
 ) -> Tensor:
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
-    z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel`. Only the ``edges`` · 4k
+    z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel` (components below
+    ``prune_mass`` of the mass dropped). Only the ``edges`` · 4k
     largest gradients of z enter (0 keeps all), ranked by their magnitude times :func:`edge_usefulness` of y
     over ``edge_window`` pixels (0: by the magnitude alone, as Cho & Lee 2009); ``reg`` is the covariance trace
     over all gradient pixels, so with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries
@@ -191,7 +195,7 @@ def kernel_step(
     h = solve_kernel(M, b, reg).reshape(1, 1, k, k).flip(-1, -2)
     if not bool(torch.isfinite(h).all()) or float(h.sum()) <= 0:
         raise ValueError(f"kernel step: no non-negative kernel fits the image gradients (sum {float(h.sum())})")
-    return prune_kernel(h)
+    return prune_kernel(h, min_mass=prune_mass)
 
 
 def tweedie_gradient_variance(
@@ -216,9 +220,14 @@ def tweedie_gradient_variance(
     return out[0] * sigma**2 / probes, out[1] * sigma**2 / probes
 
 
-def prune_kernel(h: Tensor, rel: float = 0.05, min_mass: float = 0.1) -> Tensor:
+def prune_kernel(h: Tensor, rel: float = 0.05, min_mass: float = PRUNE_MASS) -> Tensor:
     """Entries below ``rel`` × max and 8-connected components below ``min_mass`` of the mass set to 0; unit sum;
-    centre of mass moved to the centre pixel (integer shift). (Pan et al. 2016's post-processing.)"""
+    centre of mass moved to the centre pixel (integer shift). Pan et al. 2016's post-processing, with components
+    dropped below 5 % of the mass instead of their 10 % (twelfth session): a long shake with a faint stretch
+    (Levin's kernel 6) falls apart at the 5 %-of-maximum threshold into pieces of 5–10 % each, which 10 % removes at
+    every kernel step so that the tail never returns. ``min_mass`` was chosen among 0.02, 0.05 and 0.1, each run
+    once on all 32 Levin captures and on BSD68 blurs at σ_y = 0.003, 0.01 and 0.02 (README; 0.02 only on a
+    subset of the captures, tenth session, where it was worse)."""
     a = h[0, 0].clamp_min(0).cpu().numpy().copy()
     a[a < rel * a.max()] = 0
     lab, n = ndimage.label(a > 0, structure=np.ones((3, 3)))
@@ -329,6 +338,7 @@ def marginal_em(
     sigma_y: float | None = None,
     edges: float = 20.0,
     edge_window: int = 5,
+    prune_mass: float = PRUNE_MASS,
     min_kernel: int = 5,
     init: str | Tensor = "large",
     callback: Callable[[dict], None] | None = None,
@@ -354,7 +364,8 @@ def marginal_em(
     kernel (true convolution, ≥ 0, positive sum; normalised) resized to the coarsest level's kernel (bilinear,
     antialiased) — a warm start, e.g. to refine another method's estimate or, as ``benchmarks/em_fixed_point.py``
     does, to start from the true kernel. ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
-    (``edge_window=0`` ranks the gradients by magnitude alone).
+    (``edge_window=0`` ranks the gradients by magnitude alone); ``prune_mass``: its pruning of kernel
+    components below that fraction of the mass (:func:`prune_kernel`; 0.1 before the twelfth session).
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image on the
@@ -404,6 +415,8 @@ def marginal_em(
         raise ValueError(f"sigma_y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1], got {sigma_y!r}")
     check_positive("rho", rho)
     check_positive("edges", edges, allow_zero=True)
+    if check_positive("prune_mass", prune_mass, allow_zero=True) >= 1:
+        raise ValueError(f"prune_mass must be in [0, 1) (a fraction of the kernel's mass), got {prune_mass!r}")
     if int(edge_window) != edge_window or edge_window < 0 or (edge_window and edge_window % 2 == 0):
         raise ValueError(f"edge_window must be 0 (off) or an odd positive integer, got {edge_window!r}")
     y = y.to(torch.float64)
@@ -459,7 +472,7 @@ def marginal_em(
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), noise / math.sqrt(rho), rho)
             elif covariance != "none":
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
-            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv, edge_window)
+            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv, edge_window, prune_mass)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),

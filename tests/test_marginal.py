@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lit_blind.marginal as marginal
 from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
@@ -176,11 +177,25 @@ def test_rescale_kernel_stretches_by_the_ratio():
 def test_prune_kernel_drops_specks_normalises_and_centres():
     h = torch.zeros(1, 1, 11, 11, dtype=torch.float64)
     h[0, 0, 2, 2:5] = 1.0  # the kernel, off centre
-    h[0, 0, 9, 9] = 0.2  # an isolated speck, 6 % of the mass
+    h[0, 0, 9, 9] = 0.12  # an isolated speck, 3.8 % of the mass
     h[0, 0, 3, 3] = 0.01  # below 5 % of the maximum
     p = prune_kernel(h)
     assert p.sum().item() == pytest.approx(1.0) and (p > 0).sum().item() == 3
     assert p[0, 0, 5, 4:7].sum().item() == pytest.approx(1.0)
+    h[0, 0, 9, 9] = 0.2  # 6.2 % of the mass: a faint piece of a shake, kept
+    p = prune_kernel(h)
+    assert (p > 0).sum().item() == 4 and p.max().item() == pytest.approx(1 / 3.2)
+
+
+def test_kernel_step_prunes_with_the_given_mass(monkeypatch):
+    seen = []
+    monkeypatch.setattr(marginal, "prune_kernel", lambda h, min_mass: seen.append(min_mass) or h / h.sum())
+    x = _blocks(40, 40)
+    h = _motion_kernel(5)
+    y = blur(x, h, "valid")
+    marginal.kernel_step(x, y, 5, 0.0)
+    marginal.kernel_step(x, y, 5, 0.0, prune_mass=0.1)
+    assert seen == [marginal.PRUNE_MASS, 0.1] and marginal.PRUNE_MASS == 0.05
 
 
 def test_pyramid_goes_from_the_smallest_kernel_to_the_requested_one():
@@ -243,6 +258,8 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"edge_window": 4}, "edge_window must be 0"),
         ({"sigma_y": 0.0}, r"sigma_y must be in \(0, 0.5\]"),
         ({"covariance": "hqs", "sigma_y": 2.0}, r"sigma_y must be in \(0, 0.5\]"),
+        ({"prune_mass": 1.0}, r"prune_mass must be in \[0, 1\)"),
+        ({"prune_mass": -0.1}, "prune_mass must be a finite number >= 0"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
