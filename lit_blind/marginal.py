@@ -52,7 +52,7 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   below 5 % of the maximum and connected components below 5 % of the mass removed (:func:`prune_kernel`), unit
   sum, centre of mass moved to the centre. The selection costs accuracy even with the true image in place of z (the dropped
   gradients still shape y: on the 32 Levin captures the mean error ratio of the kernel step on the true image
-  is 0.60 with every gradient and 1.19 with the selection, ``benchmarks/levin_compare.py``), but with an
+  is 0.59 with every gradient and 1.09 with the selection, ``benchmarks/levin_compare.py``), but with an
   estimated z, whose weak gradients are wrong, every gradient is far worse (README).
 * **Coarse to fine**: image scales (√½)^l down to a kernel of ``min_kernel`` pixels; each kernel is stretched
   by the scale ratio to start the next finer level; x restarts from y at every level.
