@@ -50,10 +50,10 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   magnitude times Xu & Jia's (2010) usefulness of the blurry y over ``edge_window`` pixels
   (:func:`edge_usefulness`: ≈ 1 on isolated straight edges, small in texture and fine stripes), then entries
   below 5 % of the maximum and connected components below 5 % of the mass removed (:func:`prune_kernel`), unit
-  sum, centre of mass moved to the centre. The selection costs accuracy even with the true image in place of z (the dropped
-  gradients still shape y: on the 32 Levin captures the mean error ratio of the kernel step on the true image
-  is 0.59 with every gradient and 1.09 with the selection, ``benchmarks/levin_compare.py``), but with an
-  estimated z, whose weak gradients are wrong, every gradient is far worse (README).
+  sum, centre of mass moved to the centre. The selection costs accuracy even with the true image in place of z
+  (the dropped gradients still shape y: on the 32 Levin captures the mean error ratio of the kernel step on the
+  true image is 0.59 with every gradient and 1.09 with the selection, ``benchmarks/levin_compare.py``), but with
+  an estimated z, whose weak gradients are wrong, every gradient is far worse (README).
 * **Coarse to fine**: image scales (√½)^l down to a kernel of ``min_kernel`` pixels; each kernel is stretched
   by the scale ratio to start the next finer level; x restarts from y at every level.
 
@@ -162,9 +162,9 @@ def kernel_step(
 ) -> Tensor:
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel` (components below
-    ``prune_mass`` of the mass dropped). Only the ``edges`` · 4k
-    largest gradients of z enter (0 keeps all), ranked by their magnitude times :func:`edge_usefulness` of y
-    over ``edge_window`` pixels (0: by the magnitude alone, as Cho & Lee 2009); ``reg`` is the covariance trace
+    ``prune_mass`` of the mass dropped). Only the ``edges`` · 4k largest gradients of z enter (0 keeps all),
+    ranked by their magnitude times :func:`edge_usefulness` of y over ``edge_window`` pixels (0: by the magnitude
+    alone, as Cho & Lee 2009); ``reg`` is the covariance trace
     over all gradient pixels, so with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries
     the posterior variance of the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖²
     + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those
