@@ -71,8 +71,12 @@ def main() -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture;
     # prune_mass: the kernel step's pruning; rows without it had 0.1, the default before the twelfth session)
-    run = {"covariance": args.covariance, "prior": args.prior, "sigma_end": args.sigma_end}
-    run |= {"prune_mass": args.prune_mass}
+    run = {
+        "covariance": args.covariance,
+        "prior": args.prior,
+        "sigma_end": args.sigma_end,
+        "prune_mass": args.prune_mass,
+    }
     done = {r["image_id"] for r in rows if same_run(r, run)}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
     dm.setup()

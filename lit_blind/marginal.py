@@ -164,10 +164,9 @@ def kernel_step(
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel` (components below
     ``prune_mass`` of the mass dropped). Only the ``edges`` · 4k largest gradients of z enter (0 keeps all),
     ranked by their magnitude times :func:`edge_usefulness` of y over ``edge_window`` pixels (0: by the magnitude
-    alone, as Cho & Lee 2009); ``reg`` is the covariance trace
-    over all gradient pixels, so with ``masked_cov`` it is scaled by the kept fraction: a masked gradient carries
-    the posterior variance of the kept pixels only (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖²
-    + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those
+    alone, as Cho & Lee 2009); ``reg`` is the covariance trace over all gradient pixels, so with ``masked_cov`` it
+    is scaled by the kept fraction: a masked gradient carries the posterior variance of the kept pixels only
+    (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those
     gradients) ``reg`` is unused and each kernel entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
     window that y sees: the exact expectation of the masked data term under independent gradient errors.
     Returns a (1, 1, k, k) kernel (true convolution)."""
@@ -472,7 +471,7 @@ def marginal_em(
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), noise / math.sqrt(rho), rho)
             elif covariance != "none":
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
-            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv, edge_window, prune_mass)
+            h = kernel_step(x, ys, k, c, edges, covariance == "kept", gv, edge_window, prune_mass=prune_mass)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),
