@@ -74,6 +74,12 @@ def main() -> None:
     ap.add_argument(
         "--prune-mass", type=float, default=None, help="the kernel step's pruning (default: the engine's; 0.1 before)"
     )
+    ap.add_argument(
+        "--refine",
+        type=int,
+        default=None,
+        help="the finest level's refining kernel steps (default: the engine's; 0 before)",
+    )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
@@ -89,6 +95,7 @@ def main() -> None:
     engine |= {} if args.edge_window is None else {"edge_window": args.edge_window}
     engine |= {} if args.sigma_end is None else {"sigma_end": args.sigma_end}
     engine |= {} if args.prune_mass is None else {"prune_mass": args.prune_mass}
+    engine |= {} if args.refine is None else {"refine": args.refine}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():

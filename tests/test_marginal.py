@@ -260,6 +260,8 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"covariance": "hqs", "sigma_y": 2.0}, r"sigma_y must be in \(0, 0.5\]"),
         ({"prune_mass": 1.0}, r"prune_mass must be in \[0, 1\)"),
         ({"prune_mass": -0.1}, "prune_mass must be a finite number >= 0"),
+        ({"refine": -1}, "refine must be a non-negative integer"),
+        ({"refine": 1.5}, "refine must be a non-negative integer"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -329,6 +331,34 @@ def test_covariance_term_enters_the_kernel_step_only_when_asked():
     assert not torch.allclose(on.kernel, off.kernel)
 
 
+def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monkeypatch):
+    """refine = r: the last r kernel steps of the finest level, and only those, take the covariance over the kept
+    edge pixels (masked_cov); every other step the full trace; covariance="kept" keeps every step masked."""
+    seen = []
+    step = marginal.kernel_step
+
+    def spy(z, y, k, reg, edges, masked_cov, *rest, **kw):
+        seen.append((k, masked_cov))
+        return step(z, y, k, reg, edges, masked_cov, *rest, **kw)
+
+    monkeypatch.setattr(marginal, "kernel_step", spy)
+    y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
+    res = marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=2)
+    coarse = 3 * (len(marginal.pyramid(7, 5)) - 1)  # kernel steps on the coarser levels
+    assert seen[coarse:] == [(7, False), (7, True), (7, True)] and not any(m for _, m in seen[:coarse])
+    assert res.history["covariance"][-1] > 0  # the trace is still computed; the kernel step scales it
+    seen.clear()
+    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=0)
+    assert not any(m for _, m in seen)
+    seen.clear()
+    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=3, covariance="kept")
+    assert all(m for _, m in seen)
+    seen.clear()
+    marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, min_kernel=5, refine=2)  # fewer steps than refine: all
+    assert seen[-1] == (7, True) and not any(m for _, m in seen[:-1])
+    assert marginal.REFINE == 2
+
+
 def test_covariance_of_masked_gradients_counts_the_kept_pixels_only():
     """E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var: with edge selection the trace over
     all pixels is scaled by the kept fraction, which is exactly the unscaled step at that smaller weight."""
@@ -393,8 +423,8 @@ def test_a_kernel_on_the_border_of_its_support_is_reported():
     x = _blocks(64, 64)
     h = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     h[0, 0, 4, :] = 1 / 9  # a 9-px motion blur, as wide as the support
-    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9, iters=4)
-    small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9, iters=4)
+    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9)
+    small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9)
     assert any("kernel size may be too small" in w for w in res.history["warnings"])
     assert small.history["warnings"] == []
 
