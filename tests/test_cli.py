@@ -1,6 +1,7 @@
 """The command line (lit_blind.cli): commands, one-line user errors naming the flag, complete or marked
 outputs, interrupted runs, progress, data paths. Each input is written by the test."""
 
+import functools
 import inspect
 import json
 import os
@@ -19,7 +20,7 @@ from lit_blind.cli import deblur_parser, main
 from lit_blind.demo import camera
 from lit_blind.io import read_image, write_image
 from lit_blind.kernels import family
-from lit_blind.marginal import SIGMA_END_PER_NOISE, marginal_em
+from lit_blind.marginal import REFINE, SIGMA_END_PER_NOISE, marginal_em
 from lit_blind.physics import blur
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,8 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--sigma-y", "0.9"], "--sigma-y must be in (0, 0.5]"),
         (["--boundary", "circular"], "--algorithm em needs --boundary valid"),
         (["--algorithm", "alternating", "--covariance", "kept"], "--covariance applies to --algorithm em only"),
+        (["--algorithm", "drs", "--refine", "0"], "--refine applies to --algorithm em only"),
+        (["--refine", "-1"], "--refine must be a non-negative integer, got -1"),
         (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
         (["--prior", "missing/weights.pth"], "--prior names a file or folder that does not exist"),
     ],
@@ -155,9 +158,11 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
-    engine_default = inspect.signature(marginal_em).parameters["covariance"].default
-    assert result["settings"]["covariance"] == engine_default  # recorded from the engine, not a second default
-    assert f"(default: {engine_default})" in " ".join(deblur_parser().format_help().split())
+    for name in ("covariance", "refine"):
+        engine_default = inspect.signature(marginal_em).parameters[name].default
+        assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
+        help_text = " ".join(deblur_parser().format_help().split())
+        assert f"(default: {engine_default})" in help_text.split(f"--{name} ")[-1].split("--")[0]
     assert "deblur (em)" in capsys.readouterr().err  # the progress bar
 
 
@@ -181,15 +186,17 @@ def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
 
     calls = []
 
+    @functools.wraps(marginal_em)  # its signature, from which the CLI reads the engine's defaults
     def recording(*args, **kwargs):
         calls.append(kwargs)
         return marginal_em(*args, **kwargs)
 
     monkeypatch.setattr(lit_blind.marginal, "marginal_em", recording)
     args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", "hqs"]
-    assert main([*args, "--sigma-y", "0.02", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--sigma-y", "0.02", "--refine", "0", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert calls[0]["sigma_y"] == 0.02 and "sigma_y" not in calls[1]
+    assert calls[0]["refine"] == 0 and calls[1]["refine"] == REFINE  # --refine reaches the engine
     result = json.loads((tmp_path / "a" / "result.json").read_text())
     assert result["settings"]["sigma_y"] == 0.02 and result["em_sigma_y"] == 0.02
     assert result["em_sigma_end"] == pytest.approx(SIGMA_END_PER_NOISE * 0.02)
