@@ -31,7 +31,7 @@ from levin_compare import oracle  # beside this script
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.loading import load_prior
-from lit_blind.marginal import COVARIANCES, PRUNE_MASS, REFINE, annealing_end, marginal_em, pyramid, sigma_schedule
+from lit_blind.marginal import COVARIANCES, annealing_end, marginal_em, pyramid, sigma_schedule
 from lit_blind.metrics import error_ratio, kernel_error, noise_level
 
 # the values of settings that older rows do not carry
@@ -63,11 +63,14 @@ def main() -> None:
     ap.add_argument(
         "--prune-mass",
         type=float,
-        default=PRUNE_MASS,
+        default=DEFAULTS["prune_mass"],
         help="the kernel step's pruning (0.1 before the twelfth session)",
     )
     ap.add_argument(
-        "--refine", type=int, default=REFINE, help="the refining kernel steps at the end (0 before the thirteenth)"
+        "--refine",
+        type=int,
+        default=DEFAULTS["refine"],
+        help="the refining kernel steps at the end (0 before the thirteenth)",
     )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()

@@ -158,10 +158,10 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     assert read_image(out / "deblurred.png").shape == (1, 3, 60, 52)
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
+    help_text = " ".join(deblur_parser().format_help().split())
     for name in ("covariance", "refine"):
         engine_default = inspect.signature(marginal_em).parameters[name].default
         assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
-        help_text = " ".join(deblur_parser().format_help().split())
         assert f"(default: {engine_default})" in help_text.split(f"--{name} ")[-1].split("--")[0]
     assert "deblur (em)" in capsys.readouterr().err  # the progress bar
 
