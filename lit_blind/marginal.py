@@ -311,6 +311,21 @@ def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
     return z
 
 
+def e_step(
+    x: Tensor, y: Tensor, h: Tensor, prior: Prior, sigma: float, rho: float, pairs: int
+) -> tuple[Tensor, Tensor]:
+    r"""The E-step under a fixed kernel: ``pairs`` half-quadratic splitting pairs from ``x``,
+    :math:`x_p = \operatorname{argmin}_x \|h\star x - y\|^2 + \rho\|x - z\|^2` (valid domain, CG) then
+    :math:`z = D(x_p, \sigma)`. Returns (z, the last x_p). With many pairs a non-blind deconvolution with the prior
+    (``benchmarks/kernel_residual.py``: how well a kernel explains the photograph). Arguments unchecked (the
+    callers check them): x ``(B, C, H + k − 1, W + k − 1)``, y ``(B, C, H, W)``, h ``(1, 1, k, k)``."""
+    xp = x
+    for _ in range(int(pairs)):
+        xp = _hqs_prox(x, y, h, rho)
+        x = _denoise(prior, xp, sigma)
+    return x, xp
+
+
 def pyramid(kernel_size: int, min_kernel: int = 5, ratio: float = math.sqrt(0.5)) -> list[tuple[float, int]]:
     """(image scale, kernel size) of every level, coarse first: scales ratio^l, odd kernel sizes ≥ ``min_kernel``."""
     levels, s = [], 1.0
@@ -479,10 +494,8 @@ def marginal_em(
             noise = sigma_y * (1.0 if s == 1.0 else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
         for t in range(int(iters)):
             sig = float(sigmas[li, t])
-            for _ in range(int(inner)):
-                xp = _hqs_prox(x, ys, h, rho)
-                x = _denoise(prior, xp, sig)
-                evals += 1
+            x, xp = e_step(x, ys, h, prior, sig, rho, inner)
+            evals += int(inner)
             c, gv = 0.0, None
             if covariance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
                 noisy = xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device)
@@ -513,9 +526,8 @@ def marginal_em(
         x = F.pad(y_rgb, (h.shape[-1] // 2,) * 4, mode="replicate").transpose(0, 1)
         yc = y_rgb.transpose(0, 1)  # channels as a batch; prox_data broadcasts the one kernel
         for sig in sigmas[-1]:
-            for _ in range(int(inner)):
-                x = _denoise(prior, _hqs_prox(x, yc, h, rho), float(sig))
-                evals += 1
+            x = e_step(x, yc, h, prior, float(sig), rho, inner)[0]
+            evals += int(inner)
         x = x.transpose(0, 1)
         hist["score_evals"][-1] = evals
     ring = torch.cat([h[0, 0, [0, -1], :].flatten(), h[0, 0, 1:-1, [0, -1]].flatten()])

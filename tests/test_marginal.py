@@ -11,6 +11,7 @@ from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
     SIGMA_END_PER_NOISE,
+    e_step,
     edge_usefulness,
     gradient_covariance_trace,
     kernel_normal_equations,
@@ -24,7 +25,7 @@ from lit_blind.marginal import (
     tweedie_gradient_variance,
 )
 from lit_blind.metrics import kernel_error, noise_level
-from lit_blind.physics import add_noise, blur
+from lit_blind.physics import add_noise, blur, data_fidelity
 from lit_blind.priors import GaussianMixturePrior
 
 D = torch.float64
@@ -216,6 +217,26 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
     assert res.kernel.shape == (1, 1, k, k) and res.image.shape == (1, 1, 96, 96)
     assert len(seen) == len(res.history["sigma"]) and res.history["score_evals"][-1] == 2 * len(seen)
     assert kernel_error(res.kernel, h_true) < kernel_error(dirac(k, torch.float64), h_true) - 0.1
+
+
+def test_long_e_step_explains_the_photograph_under_the_true_kernel_and_not_under_a_wider_one():
+    """e_step under a fixed kernel (what benchmarks/kernel_residual.py runs): after many HQS pairs the image
+    under the true kernel leaves a residual ½‖h ⋆ z − y‖² below the noise floor ½Nσ_y² (the Wiener prior is
+    weak enough to fit part of the noise), while under a uniform kernel as wide as the support no image explains
+    the photograph (residual several times the floor); the last x_p, the data prox, fits better than z."""
+    k, sigma_y = 9, 0.01
+    h_true = _motion_kernel(k)
+    y = blur(_blocks(96, 96), h_true, "valid")
+    y = y + sigma_y * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    floor = 0.5 * y.numel() * sigma_y**2
+    x0 = F.pad(y, (k // 2,) * 4, mode="replicate")
+    ratios = {}
+    for name, h in (("true", h_true), ("wide", torch.full((1, 1, k, k), 1 / k**2, dtype=D))):
+        z, xp = e_step(x0, y, h, GaussianPrior(), 1.4 * sigma_y, 0.1, 16)
+        assert z.shape == xp.shape == x0.shape
+        ratios[name] = [float(data_fidelity(v, y, h, "valid").sum()) / floor for v in (z, xp)]
+        assert ratios[name][1] < ratios[name][0]
+    assert ratios["true"][0] < 1 < 2 < ratios["wide"][0]
 
 
 def test_marginal_em_warm_starts_from_a_given_kernel():
