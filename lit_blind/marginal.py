@@ -314,13 +314,33 @@ def _denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
 def e_step(
     x: Tensor, y: Tensor, h: Tensor, prior: Prior, sigma: float, rho: float, pairs: int
 ) -> tuple[Tensor, Tensor]:
-    r"""The E-step under a fixed kernel: ``pairs`` half-quadratic splitting pairs from ``x``,
-    :math:`x_p = \operatorname{argmin}_x \|h\star x - y\|^2 + \rho\|x - z\|^2` (valid domain, CG) then
+    r"""The E-step of :func:`marginal_em` under a fixed kernel: ``pairs`` half-quadratic splitting pairs from
+    ``x``, :math:`x_p = \operatorname{argmin}_x \|h\star x - y\|^2 + \rho\|x - z\|^2` (valid domain, CG) then
     :math:`z = D(x_p, \sigma)`. Returns (z, the last x_p). With many pairs a non-blind deconvolution with the prior
-    (``benchmarks/kernel_residual.py``: how well a kernel explains the photograph). Arguments unchecked (the
-    callers check them): x ``(B, C, H + k − 1, W + k − 1)``, y ``(B, C, H, W)``, h ``(1, 1, k, k)``."""
+    (``benchmarks/kernel_residual.py``: how well a kernel explains the photograph). x ``(B, C, H + k − 1,
+    W + k − 1)`` (e.g. y padded), y ``(B, C, H, W)``, h ``(1, 1, k, k)`` ≥ 0 (true convolution); σ in the prior's
+    range; bad arguments are ValueErrors before any work."""
+    y = check_image("y", y)
+    x = check_image("x", x, channels=y.shape[1])
+    h = check_image("h", h, channels=1)
+    k = h.shape[-1]
+    if h.shape[0] != 1 or h.shape[-2] != k or k % 2 == 0 or bool((h < 0).any()):
+        raise ValueError(f"h must be one non-negative odd square kernel (1, 1, k, k), got shape {tuple(h.shape)}")
+    if tuple(x.shape[-2:]) != (y.shape[-2] + k - 1, y.shape[-1] + k - 1):
+        raise ValueError(f"x must be y's size plus the kernel's ({k} - 1) on each axis, got {tuple(x.shape)}")
+    sigma = prior.check_sigma(sigma, "sigma")
+    check_positive("rho", rho)
+    if int(pairs) != pairs or pairs < 1:
+        raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
+    return _e_step(x, y.to(x.dtype), h.to(x.dtype), prior, float(sigma), float(rho), int(pairs))
+
+
+def _e_step(
+    x: Tensor, y: Tensor, h: Tensor, prior: Prior, sigma: float, rho: float, pairs: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`e_step` without validating its inputs (marginal_em checked them once at its entry)."""
     xp = x
-    for _ in range(int(pairs)):
+    for _ in range(pairs):
         xp = _hqs_prox(x, y, h, rho)
         x = _denoise(prior, xp, sigma)
     return x, xp
@@ -494,7 +514,7 @@ def marginal_em(
             noise = sigma_y * (1.0 if s == 1.0 else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
         for t in range(int(iters)):
             sig = float(sigmas[li, t])
-            x, xp = e_step(x, ys, h, prior, sig, rho, inner)
+            x, xp = _e_step(x, ys, h, prior, sig, rho, int(inner))
             evals += int(inner)
             c, gv = 0.0, None
             if covariance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
@@ -526,7 +546,7 @@ def marginal_em(
         x = F.pad(y_rgb, (h.shape[-1] // 2,) * 4, mode="replicate").transpose(0, 1)
         yc = y_rgb.transpose(0, 1)  # channels as a batch; prox_data broadcasts the one kernel
         for sig in sigmas[-1]:
-            x = e_step(x, yc, h, prior, float(sig), rho, inner)[0]
+            x = _e_step(x, yc, h, prior, float(sig), rho, int(inner))[0]
             evals += int(inner)
         x = x.transpose(0, 1)
         hist["score_evals"][-1] = evals

@@ -241,6 +241,24 @@ def test_long_e_step_explains_the_photograph_under_the_true_kernel_and_not_under
     assert ratios["true"][0] < 1 < 2 < ratios["wide"][0] and ratios["dirac"][0] < 1
 
 
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(h=torch.full((1, 1, 4, 4), 1 / 16, dtype=D)), "h must be one non-negative odd square"),
+        (dict(h=-dirac(5, D)), "h must be one non-negative odd square"),
+        (dict(x=torch.zeros(1, 1, 18, 18, dtype=D)), "x must be y's size plus"),
+        (dict(sigma=-0.1), "sigma"),
+        (dict(rho=0.0), "rho"),
+        (dict(pairs=0), "pairs must be a positive integer"),
+    ],
+)
+def test_e_step_rejects_bad_arguments(change, match):
+    y = torch.rand(1, 1, 16, 16, dtype=D)
+    args = dict(x=F.pad(y, (2,) * 4), y=y, h=dirac(5, D), prior=GaussianPrior(), sigma=0.02, rho=0.1, pairs=2)
+    with pytest.raises(ValueError, match=match):
+        e_step(**(args | change))
+
+
 def test_marginal_em_warm_starts_from_a_given_kernel():
     """init=<kernel>: a one-level run started at the true kernel stays nearer to it than one started from the
     uniform kernel, and the first kernel step sees the given kernel (its covariance term is the trace at h_true)."""
