@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from levin_compare import REFERENCES  # beside this script
 
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
@@ -66,7 +67,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     run = {"prior": args.prior, "pairs": args.pairs}
-    done = {(r["image_id"], r["kernel"]) for r in rows if all(r[k] == v for k, v in run.items())}
+
+    def same_run(row: dict) -> bool:
+        return all(row[key] == v for key, v in run.items())
+
+    done = {(r["image_id"], r["kernel"]) for r in rows if same_run(r)}
     dm = LevinDataModule(root=str(root))
     dm.setup()
     prior = load_prior(args.prior)
@@ -80,9 +85,8 @@ def main() -> None:
             kernels[f"estimate ({args.estimates.parent.name}, {args.init})"] = torch.from_numpy(
                 np.load(args.estimates / f"{name}_{args.init}_kernel.npy")
             )[None, None].double()
-        if args.peer:  # stored in Levin's correlation orientation (the folder's README)
-            peer = np.load(root / "peer_l0_kernels" / f"{name}.npy")[::-1, ::-1].copy()
-            kernels["ℓ0 peer"] = torch.from_numpy(peer)[None, None].double()
+        if args.peer:
+            kernels["ℓ0 peer"] = REFERENCES["ℓ0 peer (IPOL 2019)"](y, sharp, name).double()
         sigma_y = noise_level(y)
         sigma = annealing_end(prior, sigma_y, DEFAULTS["sigma_start"])
         floor = 0.5 * y.numel() * sigma_y**2
@@ -101,7 +105,7 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
             print(name, label, {k: round(row[k], 3) for k in ("residual_ratio", "error_ratio")}, flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
-    rows = [r for r in rows if all(r[k] == v for k, v in run.items())]
+    rows = [r for r in rows if same_run(r)]
     rows = [r for r in rows if not args.images or r["image_id"] in args.images]
     true = {r["image_id"]: r["residual_ratio"] for r in rows if r["kernel"] == "true"}
     print(f"\nprior {args.prior}, {args.pairs} HQS pairs; residual ½‖h ⋆ z − y‖² over the noise floor ½Nσ̂_y²")

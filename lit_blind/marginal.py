@@ -326,6 +326,8 @@ def e_step(
     k = h.shape[-1]
     if h.shape[0] != 1 or h.shape[-2] != k or k % 2 == 0 or bool((h < 0).any()):
         raise ValueError(f"h must be one non-negative odd square kernel (1, 1, k, k), got shape {tuple(h.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x must have y's batch size {y.shape[0]}, got shape {tuple(x.shape)}")
     if tuple(x.shape[-2:]) != (y.shape[-2] + k - 1, y.shape[-1] + k - 1):
         raise ValueError(f"x must be y's size plus the kernel's ({k} - 1) on each axis, got {tuple(x.shape)}")
     sigma = prior.check_sigma(sigma, "sigma")

@@ -247,6 +247,7 @@ def test_long_e_step_explains_the_photograph_under_the_true_kernel_and_not_under
         (dict(h=torch.full((1, 1, 4, 4), 1 / 16, dtype=D)), "h must be one non-negative odd square"),
         (dict(h=-dirac(5, D)), "h must be one non-negative odd square"),
         (dict(x=torch.zeros(1, 1, 18, 18, dtype=D)), "x must be y's size plus"),
+        (dict(x=torch.zeros(2, 1, 20, 20, dtype=D)), "x must have y's batch size 1"),
         (dict(sigma=-0.1), "sigma"),
         (dict(rho=0.0), "rho"),
         (dict(pairs=0), "pairs must be a positive integer"),
