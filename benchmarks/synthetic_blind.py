@@ -13,7 +13,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
 (``covariance="hqs"``). ``--rows`` keeps the rows whose label contains one of the given words.
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
-        [--edge-window 0] [--noise 0.003] [--init small]
+        [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
 """
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ def main() -> None:
         default=None,
         help="the finest level's refining kernel steps (default: the engine's; 0 before)",
     )
+    ap.add_argument(
+        "--finest-inner",
+        type=int,
+        default=None,
+        help="E-step pairs per outer iteration at the finest level (default: the engine's; 2 before)",
+    )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
@@ -96,6 +102,7 @@ def main() -> None:
     engine |= {} if args.sigma_end is None else {"sigma_end": args.sigma_end}
     engine |= {} if args.prune_mass is None else {"prune_mass": args.prune_mass}
     engine |= {} if args.refine is None else {"refine": args.refine}
+    engine |= {} if args.finest_inner is None else {"finest_inner": args.finest_inner}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():

@@ -138,7 +138,13 @@ def test_levin_em_config_smoke(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "lev_em"
     run_lightning_cli(
-        _levin_args("levin09_em.yaml", out, inits="[small]", kernel_size="15", em_options="{iters: 1, inner: 1}")
+        _levin_args(
+            "levin09_em.yaml",
+            out,
+            inits="[small]",
+            kernel_size="15",
+            em_options="{iters: 1, inner: 1, finest_inner: 1}",
+        )
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["small"]["images"] == 1 and summary["small"]["mean_error_ratio"] > 0

@@ -10,6 +10,7 @@ import lit_blind.marginal as marginal
 from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
+    FINEST_INNER,
     SIGMA_END_PER_NOISE,
     e_step,
     edge_usefulness,
@@ -144,7 +145,7 @@ def test_hqs_covariance_is_the_exact_covariance_of_the_e_steps_gaussian():
     the initial 3×3 box, computed densely here; with sigma_y omitted, the noise level is estimated from y."""
     y = blur(_blocks(16, 16), _motion_kernel(5), "valid")  # 12 × 12, x on 16 × 16
     sigma_y, rho = 0.02, 0.1
-    one_level = dict(iters=1, inner=1, min_kernel=7, init="small")  # 5×5 below min_kernel: one level
+    one_level = dict(iters=1, inner=1, finest_inner=1, min_kernel=7, init="small")  # 5×5 below min_kernel: one level
     res = marginal_em(y, GaussianPrior(), 5, covariance="hqs", sigma_y=sigma_y, rho=rho, **one_level)
     box = torch.zeros(1, 1, 5, 5, dtype=D)
     box[..., 1:4, 1:4] = 1 / 9
@@ -215,7 +216,9 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
     seen = []
     res = marginal_em(y, GaussianPrior(), k, callback=seen.append)
     assert res.kernel.shape == (1, 1, k, k) and res.image.shape == (1, 1, 96, 96)
-    assert len(seen) == len(res.history["sigma"]) and res.history["score_evals"][-1] == 2 * len(seen)
+    finest = res.history["level"].count(max(res.history["level"]))
+    assert len(seen) == len(res.history["sigma"])
+    assert res.history["score_evals"][-1] == 2 * (len(seen) - finest) + FINEST_INNER * finest
     assert kernel_error(res.kernel, h_true) < kernel_error(dirac(k, torch.float64), h_true) - 0.1
 
 
@@ -337,7 +340,7 @@ def test_annealing_ends_at_the_noise_level():
     """sigma_end=None: σ_t ends at SIGMA_END_PER_NOISE · σ_y, at least the prior's sigma_min and at most
     sigma_start; σ_y is estimated from y when not given, and deblur passes its sigma_y to the EM."""
     y = add_noise(blur(_blocks(40, 40), _motion_kernel(5), "valid"), 0.02, torch.Generator().manual_seed(0))
-    one = dict(iters=2, inner=1, min_kernel=7)  # a 5×5 kernel below min_kernel: one level
+    one = dict(iters=2, inner=1, finest_inner=1, min_kernel=7)  # a 5×5 kernel below min_kernel: one level
     prior = GaussianPrior(sigma_min=0.005)
     for sigma_y, end in ((0.02, SIGMA_END_PER_NOISE * 0.02), (0.001, 0.005), (0.2, 0.05)):
         res = marginal_em(y, prior, 5, sigma_y=sigma_y, **one)
@@ -358,7 +361,7 @@ def test_rgb_noise_level_is_the_luminances():
     x = torch.linspace(0.2, 0.8, 124, dtype=D).expand(1, 1, 124, 124)  # smooth: the estimate sees the noise only
     rgb = blur(torch.cat([x, 0.8 * x.flip(-1), 1 - x], 1), _motion_kernel(5), "valid")
     y = add_noise(rgb, 0.03, gen)
-    one = dict(iters=1, inner=1, min_kernel=7)
+    one = dict(iters=1, inner=1, finest_inner=1, min_kernel=7)
     given = marginal_em(y, GaussianPrior(), 5, sigma_y=0.03, **one).history["sigma_y"]
     assert given == pytest.approx(0.03 * math.hypot(0.299, 0.587, 0.114), rel=1e-12)
     estimated = marginal_em(y, GaussianPrior(), 5, **one).history["sigma_y"]
@@ -367,10 +370,35 @@ def test_rgb_noise_level_is_the_luminances():
 
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, covariance="none")
-    on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1)
+    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, covariance="none")
+    on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1)
     assert all(c == 0 for c in off.history["covariance"]) and all(c > 0 for c in on.history["covariance"])
     assert not torch.allclose(on.kernel, off.kernel)
+
+
+def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
+    """inner pairs per E-step at the coarser levels, finest_inner at the finest level and in the RGB pass (one call
+    per σ of the finest level's schedule per channel batch); the history's score_evals counts them."""
+    calls = []
+    e_step = marginal._e_step
+
+    def spy(x, y, h, prior, sigma, rho, pairs):
+        calls.append((h.shape[-1], y.shape[0], pairs))  # channels go as a batch in the RGB pass
+        return e_step(x, y, h, prior, sigma, rho, pairs)
+
+    monkeypatch.setattr(marginal, "_e_step", spy)
+    y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
+    res = marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5)
+    levels = len(pyramid(7, 5))
+    assert levels > 1 and calls == [(5, 1, 1)] * 2 * (levels - 1) + [(7, 1, 3)] * 2
+    assert res.history["score_evals"][-1] == 2 * (levels - 1) + 6
+    calls.clear()
+    rgb = torch.cat([y, 0.8 * y, 1 - y], 1)
+    res = marginal_em(rgb, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5)
+    assert calls[-4:] == [(7, 1, 3)] * 2 + [(7, 3, 3)] * 2  # the finest level on the luminance, then the channels
+    assert res.history["score_evals"][-1] == 2 * (levels - 1) + 12
+    with pytest.raises(ValueError, match="finest_inner must be a positive integer, got 0"):
+        marginal_em(y, GaussianPrior(), 7, finest_inner=0)
 
 
 def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monkeypatch):
@@ -465,7 +493,7 @@ def test_a_kernel_on_the_border_of_its_support_is_reported():
     x = _blocks(64, 64)
     h = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     h[0, 0, 4, :] = 1 / 9  # a 9-px motion blur, as wide as the support
-    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9)
+    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9, init=h)  # warm start: the report, not the estimate
     small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9)
     assert any("kernel size may be too small" in w for w in res.history["warnings"])
     assert small.history["warnings"] == []
