@@ -68,7 +68,8 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   instead of ``inner`` (2). With the true kernel held fixed, two pairs from y leave the image short of the
   E-step's fixed point, and the kernel step on it misses the truth (error ratio 3.5 on im4_kernel2/4/6 where
   32 pairs give 1.5–2.4, README), and alternating kernel steps with 2 pairs each drift away from the truth where
-  16 pairs each stay near it (issue 11's notes). The finest level is where the kernel's final shape forms and where a denoiser call costs most, so only there.
+  16 pairs each stay near it (issue 11's notes). The finest level is where the kernel's final shape forms and
+  where a denoiser call costs most, so only there.
   **Tuned constant**: 2 / 4 / 6 pairs on all 32 Levin captures (harness of issue 11): 24 / 26 / 25 of 32 at
   ER ≤ 3, mean ER 2.58 / 2.48 / 2.45, kernel error 0.574 / 0.567 / 0.563, 1 / 1.4 / 2.1× the time; then run
   once on BSD68 at three noise levels, photographs and kernels it was not chosen on (README).
