@@ -218,7 +218,7 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
     assert res.kernel.shape == (1, 1, k, k) and res.image.shape == (1, 1, 96, 96)
     finest = res.history["level"].count(max(res.history["level"]))
     assert len(seen) == len(res.history["sigma"])
-    assert res.history["score_evals"][-1] == 2 * (len(seen) - finest) + FINEST_INNER * finest
+    assert res.history["score_evals"][-1] == 2 * (len(seen) - finest) + FINEST_INNER * finest + finest
     assert kernel_error(res.kernel, h_true) < kernel_error(dirac(k, torch.float64), h_true) - 0.1
 
 
@@ -377,8 +377,9 @@ def test_covariance_term_enters_the_kernel_step_only_when_asked():
 
 
 def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
-    """inner pairs per E-step at the coarser levels, finest_inner at the finest level and in the RGB pass (one call
-    per σ of the finest level's schedule per channel batch); the history's score_evals counts them."""
+    """inner pairs per E-step at the coarser levels, finest_inner at the finest level, then the final pass under the
+    final kernel: one pair per σ of the finest level's schedule (an RGB y: its channels as one batch); the history's
+    score_evals counts them."""
     calls = []
     e_step = marginal._e_step
 
@@ -390,13 +391,18 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
     res = marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5)
     levels = len(pyramid(7, 5))
-    assert levels > 1 and calls == [(5, 1, 1)] * 2 * (levels - 1) + [(7, 1, 3)] * 2
-    assert res.history["score_evals"][-1] == 2 * (levels - 1) + 6
+    final = [(7, 1, 1)] * 2  # the final pass: one pair per σ of the finest level's schedule
+    assert levels > 1 and calls == [(5, 1, 1)] * 2 * (levels - 1) + [(7, 1, 3)] * 2 + final
+    assert res.history["score_evals"][-1] == 2 * (levels - 1) + 6 + 2
+    x = F.pad(y, (3,) * 4, mode="replicate")  # the final pass by hand: from y, under the returned kernel
+    for sigma in res.history["sigma"][-2:]:
+        x = e_step(x, y, res.kernel, GaussianPrior(), sigma, 0.1, 1)[0]
+    torch.testing.assert_close(res.image, x, rtol=0, atol=1e-12)
     calls.clear()
     rgb = torch.cat([y, 0.8 * y, 1 - y], 1)
     res = marginal_em(rgb, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5)
-    assert calls[-4:] == [(7, 1, 3)] * 2 + [(7, 3, 3)] * 2  # the finest level on the luminance, then the channels
-    assert res.history["score_evals"][-1] == 2 * (levels - 1) + 12
+    assert calls[-4:] == [(7, 1, 3)] * 2 + [(7, 3, 1)] * 2  # the finest level on the luminance, then the channels
+    assert res.history["score_evals"][-1] == 2 * (levels - 1) + 6 + 2
     with pytest.raises(ValueError, match="finest_inner must be a positive integer, got 0"):
         marginal_em(y, GaussianPrior(), 7, finest_inner=0)
 
