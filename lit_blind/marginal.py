@@ -76,9 +76,10 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
 * **Final image** (fifteenth session): the returned image is not the last E-step's but a separate non-blind
   deconvolution under the final kernel: x restarted from y, one HQS pair per σ of the finest level's schedule
   (the schedule of DPIR, Zhang et al. 2021: one pair per level of a decreasing σ), every channel of an RGB y with
-  the gray prior. More pairs per σ sharpen the kernel but not the image: on the Levin captures, under the same
-  kernels, 1 / 2 / 4 pairs per σ gave PSNR 30.6 / 29.6 / 28.5 dB on im1_kernel5 and the same order on nine
-  more captures (issue 11's harness), and the pass adds 8 denoiser calls to the EM's 128.
+  the gray prior. More pairs per σ sharpen the kernel but not the image: on ten Levin captures under the
+  four-pair kernels, 1 / 2 / 4 pairs per σ gave a mean PSNR of 30.03 / 29.61 / 28.89 dB against 28.70 dB for the
+  last E-step's image (one pair best on 8 of 10 and above the E-step's image on all 10; issue 11's harness, README).
+  The pass adds 8 denoiser calls to the EM's 128.
 * **Coarse to fine**: image scales (√½)^l down to a kernel of ``min_kernel`` pixels; each kernel is stretched
   by the scale ratio to start the next finer level; x restarts from y at every level.
 
@@ -445,8 +446,8 @@ def marginal_em(
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image of the final non-blind pass under the
-    final kernel (module docstring, "Final image") on the (H + k − 1, W + k − 1) domain, the kernel ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel,
-    and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
+    final kernel (module docstring, "Final image") on the (H + k − 1, W + k − 1) domain, the kernel
+    ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel, and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
     ``seconds``), ``history["sigma_y"]`` (the noise level used: the luminance's for an RGB ``y``), every level's final
     kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size may be too small" when more than
     5 % of the kernel's mass lies on the border of its support: on the 64 Levin estimates, whose true kernels
