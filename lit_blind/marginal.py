@@ -447,11 +447,12 @@ def marginal_em(
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image of the final non-blind pass under the
     final kernel (module docstring, "Final image") on the (H + k − 1, W + k − 1) domain, the kernel
-    ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel, and a history with one entry per outer iteration (``level``, ``sigma``, ``covariance``, ``score_evals``,
-    ``seconds``), ``history["sigma_y"]`` (the noise level used: the luminance's for an RGB ``y``), every level's final
-    kernel in ``history["scales"]`` and ``history["warnings"]`` ("kernel size may be too small" when more than
-    5 % of the kernel's mass lies on the border of its support: on the 64 Levin estimates, whose true kernels
-    all fit, the border held at most 4.1 %). ``callback`` gets a dict per outer
+    ``(1, 1, k, k)`` (true convolution), θ = the flattened kernel, and a history with one entry per outer
+    iteration (``level``, ``sigma``, ``covariance``, ``score_evals``, ``seconds``), ``history["sigma_y"]`` (the
+    noise level used: the luminance's for an RGB ``y``), every level's final kernel in ``history["scales"]`` and
+    ``history["warnings"]`` ("kernel size may be too small" when more than 5 % of the kernel's mass lies on the
+    border of its support: on the 64 Levin estimates, whose true kernels all fit, the border held at most
+    4.1 %). ``callback`` gets a dict per outer
     iteration: ``level``, ``iteration``, ``total`` (outer iterations in all), ``sigma``, ``x``, ``kernel``,
     ``data_fidelity`` (½‖h ⋆ x − y‖² at the current level, also in ``history``), ``score_evals``.
 
