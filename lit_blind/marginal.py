@@ -517,8 +517,10 @@ def marginal_em(
     t0, evals, h, s_prev = time.perf_counter(), 0, None, None
     noise_gen = torch.Generator().manual_seed(0)
     for li, (s, k) in enumerate(levels):
+        finest = s == 1.0
+        pairs = int(finest_inner if finest else inner)  # HQS pairs per E-step at this level
         size = [max(k, round(n * s)) for n in y.shape[-2:]]
-        ys = y if s == 1.0 else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+        ys = y if finest else F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
         if isinstance(init, Tensor) and h is None:  # the given kernel resized to this level, antialiased: point
             # sampling (rescale_kernel) can miss a thin kernel altogether when it shrinks it
             h = F.interpolate(init.to(y), size=(k, k), mode="bilinear", antialias=True, align_corners=False).clamp_min(
@@ -536,10 +538,9 @@ def marginal_em(
         s_prev = s
         x = F.pad(ys, (k // 2,) * 4, mode="replicate")
         if covariance == "hqs":
-            noise = sigma_y * (1.0 if s == 1.0 else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
+            noise = sigma_y * (1.0 if finest else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
         for t in range(int(iters)):
             sig = float(sigmas[li, t])
-            pairs = int(finest_inner if s == 1.0 else inner)
             x, xp = _e_step(x, ys, h, prior, sig, rho, pairs)
             evals += pairs
             c, gv = 0.0, None
@@ -552,7 +553,7 @@ def marginal_em(
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), noise / math.sqrt(rho), rho)
             elif covariance != "none":
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
-            kept = covariance == "kept" or (s == 1.0 and t >= iters - refine)  # the refinement (module docstring)
+            kept = covariance == "kept" or (finest and t >= iters - refine)  # the refinement (module docstring)
             h = kernel_step(x, ys, k, c, edges, kept, gv, edge_window, prune_mass=prune_mass)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
