@@ -407,6 +407,34 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
         marginal_em(y, GaussianPrior(), 7, finest_inner=0)
 
 
+def test_each_finer_level_starts_from_the_coarser_levels_image(monkeypatch):
+    """warm_image=True: the first E-step of every finer level starts from the last image of the level below, its
+    interior (the coarser y's grid) upsampled to this level's y and replicate-padded by k // 2; the coarsest level,
+    and every level by default (warm_image=False), from y padded."""
+    calls = []
+    e_step = marginal._e_step
+
+    def spy(x, y, h, prior, sigma, rho, pairs):
+        out = e_step(x, y, h, prior, sigma, rho, pairs)
+        calls.append((x, y, out[0]))
+        return out
+
+    monkeypatch.setattr(marginal, "_e_step", spy)
+    y = blur(_blocks(48, 48), _motion_kernel(9), "valid")
+    marginal_em(y, GaussianPrior(), 9, iters=2, inner=1, finest_inner=1, min_kernel=5, warm_image=True)
+    assert [k for _, k in pyramid(9, 5)] == [5, 7, 9]
+    (x0, y0, _), (_, _, z0), (x1, y1, _) = calls[0], calls[1], calls[2]  # level 0 (k = 5): two E-steps, then level 1
+    torch.testing.assert_close(x0, F.pad(y0, (2,) * 4, mode="replicate"), rtol=0, atol=0)
+    upsampled = F.interpolate(z0[..., 2:-2, 2:-2], size=tuple(y1.shape[-2:]), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(x1, F.pad(upsampled, (3,) * 4, mode="replicate"), rtol=0, atol=0)
+    assert not torch.allclose(x1, F.pad(y1, (3,) * 4, mode="replicate"))
+    calls.clear()
+    marginal_em(y, GaussianPrior(), 9, iters=2, inner=1, finest_inner=1, min_kernel=5)
+    torch.testing.assert_close(calls[2][0], F.pad(calls[2][1], (3,) * 4, mode="replicate"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="warm_image must be True or False, got 1"):
+        marginal_em(y, GaussianPrior(), 9, warm_image=1)
+
+
 def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monkeypatch):
     """refine = r: the last r kernel steps of the finest level, and only those, take the covariance over the kept
     edge pixels (masked_cov); every other step the full trace; covariance="kept" keeps every step masked."""
