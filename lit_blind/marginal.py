@@ -418,7 +418,6 @@ def marginal_em(
     prune_mass: float = PRUNE_MASS,
     refine: int = REFINE,
     warm_image: bool = False,
-    anneal_rho: bool = False,
     min_kernel: int = 5,
     init: str | Tensor = "large",
     callback: Callable[[dict], None] | None = None,
@@ -505,9 +504,8 @@ def marginal_em(
     check_positive("edges", edges, allow_zero=True)
     if check_positive("prune_mass", prune_mass, allow_zero=True) >= 1:
         raise ValueError(f"prune_mass must be in [0, 1) (a fraction of the kernel's mass), got {prune_mass!r}")
-    for name, v in (("warm_image", warm_image), ("anneal_rho", anneal_rho)):
-        if not isinstance(v, bool):
-            raise ValueError(f"{name} must be True or False, got {v!r}")
+    if not isinstance(warm_image, bool):
+        raise ValueError(f"warm_image must be True or False, got {warm_image!r}")
     if int(refine) != refine or refine < 0:
         raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
     if int(edge_window) != edge_window or edge_window < 0 or (edge_window and edge_window % 2 == 0):
@@ -522,10 +520,6 @@ def marginal_em(
         sigma_y = float(sigma_y) * (math.hypot(*LUMA) if rgb else 1.0)
     if sigma_end is None:  # the annealing ends at the photograph's noise level (module docstring)
         sigma_end = annealing_end(prior, sigma_y, sigma_start)
-
-    def split(sig: float) -> float:  # the E-step's split weight at σ_t (module docstring, "E-step")
-        return rho * (sigma_end / sig) ** 2 if anneal_rho else rho
-
     levels = pyramid(int(kernel_size), int(min_kernel))
     sigmas = sigma_schedule(len(levels), int(iters), sigma_start, sigma_end)
     hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
@@ -560,7 +554,7 @@ def marginal_em(
             noise = sigma_y * (1.0 if finest else resampled_noise_std(tuple(y.shape[-2:]), tuple(size)))
         for t in range(int(iters)):
             sig = float(sigmas[li, t])
-            x, xp = _e_step(x, ys, h, prior, sig, split(sig), pairs)
+            x, xp = _e_step(x, ys, h, prior, sig, rho, pairs)
             evals += pairs
             c, gv = 0.0, None
             if covariance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
@@ -594,7 +588,7 @@ def marginal_em(
     yc = y_rgb.transpose(0, 1) if rgb else y_rgb  # RGB: channels as a batch; prox_data broadcasts the one kernel
     x = F.pad(yc, (h.shape[-1] // 2,) * 4, mode="replicate")
     for sig in sigmas[-1]:
-        x = _e_step(x, yc, h, prior, float(sig), split(float(sig)), 1)[0]
+        x = _e_step(x, yc, h, prior, float(sig), rho, 1)[0]
     x = x.transpose(0, 1) if rgb else x
     evals += sigmas.shape[1]
     hist["score_evals"][-1] = evals

@@ -435,31 +435,6 @@ def test_each_finer_level_starts_from_the_coarser_levels_image(monkeypatch):
         marginal_em(y, GaussianPrior(), 9, warm_image=1)
 
 
-def test_annealed_split_weight_follows_the_denoisers_level(monkeypatch):
-    """anneal_rho=True: every E-step pair, the final pass's included, splits with rho · (σ_end / σ_t)², rho itself
-    at the schedule's end; anneal_rho=False: rho throughout."""
-    seen = []
-    e_step = marginal._e_step
-
-    def spy(x, y, h, prior, sigma, rho, pairs):
-        seen.append((sigma, rho))
-        return e_step(x, y, h, prior, sigma, rho, pairs)
-
-    monkeypatch.setattr(marginal, "_e_step", spy)
-    y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    options = dict(iters=2, inner=1, finest_inner=1, min_kernel=5, sigma_start=0.08, sigma_end=0.02, rho=0.3)
-    marginal_em(y, GaussianPrior(), 7, anneal_rho=True, **options)
-    assert len(seen) == 2 * len(pyramid(7, 5)) + 2 and seen[0][0] == pytest.approx(0.08)
-    for sigma, rho in seen:
-        assert rho == pytest.approx(0.3 * (0.02 / sigma) ** 2, rel=1e-12)
-    assert seen[-1] == (pytest.approx(0.02), pytest.approx(0.3)) and seen[0][1] == pytest.approx(0.3 / 16)
-    seen.clear()
-    marginal_em(y, GaussianPrior(), 7, **options)
-    assert {rho for _, rho in seen} == {0.3}
-    with pytest.raises(ValueError, match="anneal_rho must be True or False, got 'yes'"):
-        marginal_em(y, GaussianPrior(), 7, anneal_rho="yes")
-
-
 def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monkeypatch):
     """refine = r: the last r kernel steps of the finest level, and only those, take the covariance over the kept
     edge pixels (masked_cov); every other step the full trace; covariance="kept" keeps every step masked."""
