@@ -12,7 +12,12 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   session; a fixed 0.015 before, tuned at σ_y = 0.01): a denoiser level above what the noise calls for leaves
   the E-step's image smoother than the photograph allows and the kernel fitted to it wider, one below it lets
   noise into the edges. The factor keeps the tuned end at σ_y = 0.01; the rule was then measured at other noise
-  levels and on the Levin captures (README).
+  levels and on the Levin captures (README). ρ stays fixed along the schedule: a split weight that follows the
+  denoiser's level as in DPIR, ρ_t = ρ (σ_end/σ_t)² (the same ρ at the end, ≈ 25× smaller at the start; the
+  E-step's Gaussian then has the fixed noise level √ρ σ_end), was worse on the 20 Levin captures it ran on
+  (sixteenth session, issue 11's harness, large init: 10/20 at ER ≤ 3, mean ER 4.35, median 2.99 against the
+  default's 14/20, 2.80, 2.39; im4_kernel3 6.14 → 1.92, but im1_kernel4 1.16 → 20.2 and im2_kernel6 2.45 → 14.4),
+  and DPIR's own weight, ρ_t = 4.35 (σ_y/σ_t)², worse on the first three of them (im4_kernel4 7.42 → 17.9).
 * **Covariance term**: the kernel step adds :math:`c\,\|h\|^2` with
   :math:`c = \operatorname{tr}(\nabla C \nabla^\top)`, the summed posterior variance of the image gradients,
   :math:`C = \sigma_t^2 (H^\top H/\rho + I)^{-1}` the covariance of the HQS image given z (closed form in
