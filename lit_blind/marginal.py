@@ -423,6 +423,7 @@ def marginal_em(
     prune_mass: float = PRUNE_MASS,
     refine: int = REFINE,
     warm_image: bool = False,
+    kernel_image: str = "denoised",
     min_kernel: int = 5,
     init: str | Tensor = "large",
     callback: Callable[[dict], None] | None = None,
@@ -503,6 +504,7 @@ def marginal_em(
     else:
         check_choice("init", init, ("small", "large"))
     check_choice("covariance", covariance, COVARIANCES)
+    check_choice("kernel_image", kernel_image, ("hqs", "denoised"))
     if sigma_y is not None and not 0 < float(sigma_y) <= SIGMA_Y_MAX:
         raise ValueError(f"sigma_y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1], got {sigma_y!r}")
     check_positive("rho", rho)
@@ -572,7 +574,8 @@ def marginal_em(
             elif covariance != "none":
                 c = gradient_covariance_trace(h, tuple(x.shape[-2:]), sig, rho)
             kept = covariance == "kept" or (finest and t >= iters - refine)  # the refinement (module docstring)
-            h = kernel_step(x, ys, k, c, edges, kept, gv, edge_window, prune_mass=prune_mass)
+            fit = xp if kernel_image == "hqs" else x  # the image the kernel step fits (module docstring, "M-step")
+            h = kernel_step(fit, ys, k, c, edges, kept, gv, edge_window, prune_mass=prune_mass)
             f = float(data_fidelity(x, ys, h, "valid").sum())  # ½‖h ⋆ x − y‖² at this level, for the progress
             for key, v in (
                 ("level", li),

@@ -435,6 +435,34 @@ def test_each_finer_level_starts_from_the_coarser_levels_image(monkeypatch):
         marginal_em(y, GaussianPrior(), 9, warm_image=1)
 
 
+@pytest.mark.parametrize("kernel_image", ["hqs", "denoised"])
+def test_the_kernel_step_fits_the_chosen_image_of_the_e_step(monkeypatch, kernel_image):
+    """kernel_image="hqs": every kernel step fits the E-step's last HQS image x_p (the mean of the Gaussian whose
+    covariance the term counts); "denoised": its denoised image z = D(x_p, σ_t)."""
+    images, fitted = [], []
+    e_step, step = marginal._e_step, marginal.kernel_step
+
+    def spy_e(*args):
+        out = e_step(*args)
+        images.append(out)
+        return out
+
+    def spy_k(z, *args, **kw):
+        fitted.append(z)
+        return step(z, *args, **kw)
+
+    monkeypatch.setattr(marginal, "_e_step", spy_e)
+    monkeypatch.setattr(marginal, "kernel_step", spy_k)
+    y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
+    marginal_em(y, GaussianPrior(), 7, iters=2, inner=2, finest_inner=2, min_kernel=5, kernel_image=kernel_image)
+    assert len(fitted) == len(images) - 2  # the final pass (2 σ) runs no kernel step
+    for (z, xp), f in zip(images, fitted, strict=False):
+        assert f is (xp if kernel_image == "hqs" else z)
+        assert not torch.equal(z, xp)
+    with pytest.raises(ValueError, match=r"kernel_image must be one of \('hqs', 'denoised'\), got 'z'"):
+        marginal_em(y, GaussianPrior(), 7, kernel_image="z")
+
+
 def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monkeypatch):
     """refine = r: the last r kernel steps of the finest level, and only those, take the covariance over the kept
     edge pixels (masked_cov); every other step the full trace; covariance="kept" keeps every step masked."""
