@@ -58,7 +58,14 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   sum, centre of mass moved to the centre. The selection costs accuracy even with the true image in place of z
   (the dropped gradients still shape y: on the 32 Levin captures the mean error ratio of the kernel step on the
   true image is 0.59 with every gradient and 1.09 with the selection, ``benchmarks/levin_compare.py``), but with
-  an estimated z, whose weak gradients are wrong, every gradient is far worse (README).
+  an estimated z, whose weak gradients are wrong, every gradient is far worse (README). ``kernel_image="hqs"``
+  fits the E-step's HQS image x_p instead of z = D(x_p, σ_t): x_p is the mean of the Gaussian whose covariance
+  the term counts, so the expectation is then taken under one distribution. Measured (sixteenth session, issue
+  11's harness, all 32 Levin captures, large init): 24/32 at ER ≤ 3, mean ER 4.45, median 1.88, kernel error
+  0.574 against z's 26/32, 2.48, 2.16, 0.567 — a lower error ratio on 16 of 32; the striped shirt's streaks
+  go (im4_kernel3 6.14 → 1.53), but at the coarsest level, under the uniform start, x_p rings and the kernel
+  step on it can lock onto a wrong shape (im2_kernel3 1.43 → 69.8, a wide U from the 5-px level on). On the finest
+  level only it changes little (25/32, mean ER 2.49, median 2.06, kernel error 0.567). So z stays.
 * **Refinement** (thirteenth session): the last ``refine`` (2) kernel steps of the finest level take the
   covariance term over the kept edge pixels only, the expectation of the masked data term that
   ``covariance="kept"`` uses throughout, instead of the full trace. The full trace is ≈ 26× larger: it keeps the
@@ -456,7 +463,8 @@ def marginal_em(
     ``iters`` ≤ ``refine``; 0 before the thirteenth session). ``inner``: the E-step's HQS pairs per outer iteration
     at the coarser levels, ``finest_inner`` at the finest level (module docstring; ``inner`` everywhere before the
     fifteenth session). ``warm_image``: start each finer level's image from the coarser level's, upsampled,
-    instead of from y (module docstring, "Coarse to fine": measured worse, so off).
+    instead of from y (module docstring, "Coarse to fine": measured worse, so off). ``kernel_image``: the image the
+    kernel step fits, ``denoised`` (z = D(x_p, σ_t)) or ``hqs`` (the E-step's x_p; module docstring, "M-step").
     ``y`` ``(1, C, H, W)`` in [0, 1] with valid boundaries (a real photograph); an RGB ``y`` with a gray prior
     has its kernel estimated on the luminance and each channel deconvolved under that kernel (the finest
     level's σ schedule, the prior applied per channel). Returns the image of the final non-blind pass under the
