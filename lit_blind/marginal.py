@@ -63,9 +63,10 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   the term counts, so the expectation is then taken under one distribution. Measured (sixteenth session, issue
   11's harness, all 32 Levin captures, large init): 24/32 at ER ≤ 3, mean ER 4.45, median 1.88, kernel error
   0.574 against z's 26/32, 2.48, 2.16, 0.567 — a lower error ratio on 16 of 32; the striped shirt's streaks
-  go (im4_kernel3 6.14 → 1.53), but at the coarsest level, under the uniform start, x_p rings and the kernel
-  step on it can lock onto a wrong shape (im2_kernel3 1.43 → 69.8, a wide U from the 5-px level on). On the finest
-  level only it changes little (25/32, mean ER 2.49, median 2.06, kernel error 0.567). So z stays.
+  go (im4_kernel3 6.14 → 1.53), but the kernel step on x_p can lock onto a wrong shape from the coarsest level
+  on, under the uniform start (im2_kernel3 1.43 → 69.8: a wide U from the 5-px level on, traced level by
+  level). On the finest level only it changes little (25/32, mean ER 2.49, median 2.06, kernel error 0.567).
+  So z stays.
 * **Refinement** (thirteenth session): the last ``refine`` (2) kernel steps of the finest level take the
   covariance term over the kept edge pixels only, the expectation of the masked data term that
   ``covariance="kept"`` uses throughout, instead of the full trace. The full trace is ≈ 26× larger: it keeps the
@@ -98,8 +99,9 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   lists among the known ingredients: measured worse (sixteenth session, issue 11's harness, all 32 Levin captures,
   large init: 21/32 at ER ≤ 3, mean ER 4.29, median 2.28, kernel error 0.587 against the default's 26/32, 2.48,
   2.16, 0.567; a lower error ratio on 18 captures, e.g. im3_kernel6 4.90 → 3.45, but one success gained,
-  im1_kernel6 3.61 → 2.91, against six lost, among them im2_kernel2 1.53 → 60.8 and im1_kernel7 1.97 → 3.49). The coarser image was deconvolved under the coarser kernel, which the stretching widens: started
-  from it, the finer level deconvolves again what was already deconvolved, and its errors carry upward.
+  im1_kernel6 3.61 → 2.91, against six lost, among them im2_kernel2 1.53 → 60.8 and im1_kernel7 1.97 → 3.49).
+  A reading, not tested: the coarser image was deconvolved under the coarser kernel, which the stretching widens,
+  so the finer level deconvolves again what was already deconvolved and the coarser level's errors carry upward.
 
 Written by hand: no library has a blind EM with a learned prior. The numerical constants (σ_t range,
 ρ = 0.1, ``edges`` = 20) were chosen on four Levin images (im1_kernel1, im2_kernel4, im3_kernel6,
