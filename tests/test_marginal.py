@@ -407,6 +407,40 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
         marginal_em(y, GaussianPrior(), 7, finest_inner=0)
 
 
+def test_the_finest_levels_kernel_steps_keep_finest_edges_gradients(monkeypatch):
+    """The kernel steps of the coarser levels keep ``edges`` · 4k gradients, those of the finest level
+    ``finest_edges`` · 4k; kernel_step keeps exactly that many of z's gradient pixels."""
+    seen, kept = [], []
+    step = marginal.kernel_step
+
+    def spy(z, y, k, reg, edges, *args, **kw):
+        seen.append((k, edges))
+        return step(z, y, k, reg, edges, *args, **kw)
+
+    monkeypatch.setattr(marginal, "kernel_step", spy)
+    y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
+    marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=1, min_kernel=5, edges=3, finest_edges=5)
+    levels = len(pyramid(7, 5))
+    assert levels > 1 and seen == [(5, 3)] * 2 * (levels - 1) + [(7, 5)] * 2
+    seen.clear()
+    marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, min_kernel=7)
+    assert seen == [(7, marginal.FINEST_EDGES)]
+
+    def count(z, *args, **kw):  # the kept pixels, from the masked gradients the normal equations receive
+        kept.append(int((z[0][..., :-1, :] != 0).sum()))
+        return torch.zeros(49, 49, dtype=torch.float64), torch.ones(49, dtype=torch.float64)
+
+    monkeypatch.setattr(marginal, "kernel_normal_equations", count)
+    z = _blocks(48, 48) + 0.01 * torch.randn(
+        1, 1, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    for budget in (2.0, 5.0):
+        step(z, y, 7, 1.0, budget)
+    assert kept == [2 * 4 * 7, 5 * 4 * 7]
+    with pytest.raises(ValueError, match="finest_edges must be a finite number >= 0, got -1"):
+        marginal_em(y, GaussianPrior(), 7, finest_edges=-1)
+
+
 def test_each_finer_level_starts_from_the_coarser_levels_image(monkeypatch):
     """warm_image=True: the first E-step of every finer level starts from the last image of the level below, its
     interior (the coarser y's grid) upsampled to this level's y and replicate-padded by k // 2; the coarsest level,
