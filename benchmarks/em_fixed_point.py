@@ -6,11 +6,11 @@ default coarse-to-fine run (the last ``iters`` values of the geometric ``sigma_s
 ``sigma_end`` the engine's default for the capture's noise level unless ``--sigma-end`` is given) and every other
 setting at its default (``--prune-mass``: the kernel step's pruning, in the engine and the oracle alike;
 ``--refine``: the engine's refining kernel steps at the end; ``--finest-inner``: its E-step pairs at the finest
-level; ``--finest-edges``: the gradients its kernel step keeps there). Printed per image: the error ratio and kernel error after the first and after the last outer iteration,
-and the kernel step on the true sharp image (the oracle of ``benchmarks/levin_compare.py``, edge selection on).
-If the iteration leaves the truth, the coarse-to-fine path is not what limits the default there: its fixed point
-does. Rows are appended to ``--out`` (JSON lines) and images
-already there are skipped, so two processes can share a run:
+level; ``--finest-edges``: the gradients its kernel step keeps there). Printed per image: the error ratio and
+kernel error after the first and after the last outer iteration, and the kernel step on the true sharp image
+(the oracle of ``benchmarks/levin_compare.py``, edge selection on). If the iteration leaves the truth, the
+coarse-to-fine path is not what limits the default there: its fixed point does. Rows are appended to ``--out``
+(JSON lines) and images already there are skipped, so two processes can share a run:
 
     python benchmarks/em_fixed_point.py --images im1_kernel1 im3_kernel6 [--covariance none] [--sigma-end 0.015]
         [--prune-mass 0.1] [--refine 0] [--finest-inner 2] [--finest-edges 20]

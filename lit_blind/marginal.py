@@ -54,11 +54,12 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   with only the strongest gradients of z kept (``edges`` × 4k pixels, as in Cho & Lee 2009; ``finest_edges`` ×
   4k at the finest level, "Finest level" below), ranked by their magnitude times Xu & Jia's (2010) usefulness
   of the blurry y over ``edge_window`` pixels (:func:`edge_usefulness`: ≈ 1 on isolated straight edges, small
-  in texture and fine stripes), then entries below 5 % of the maximum and connected components below 5 % of the mass removed (:func:`prune_kernel`), unit
-  sum, centre of mass moved to the centre. The selection costs accuracy even with the true image in place of z
-  (the dropped gradients still shape y: on the 32 Levin captures the mean error ratio of the kernel step on the
-  true image is 0.59 with every gradient and 1.09 with the selection, ``benchmarks/levin_compare.py``), but with
-  an estimated z, whose weak gradients are wrong, every gradient is far worse (README). ``kernel_image="hqs"``
+  in texture and fine stripes), then entries below 5 % of the maximum and connected components below 5 % of the
+  mass removed (:func:`prune_kernel`), unit sum, centre of mass moved to the centre. The selection costs
+  accuracy even with the true image in place of z (the dropped gradients still shape y: on the 32 Levin
+  captures the mean error ratio of the kernel step on the true image is 0.59 with every gradient and 1.09 with
+  the selection, ``benchmarks/levin_compare.py``), but with an estimated z, whose weak gradients are wrong, every
+  gradient is far worse (README). ``kernel_image="hqs"``
   fits the E-step's HQS image x_p instead of z = D(x_p, σ_t): x_p is the mean of the Gaussian whose covariance
   the term counts, so the expectation is then taken under one distribution. Measured (sixteenth session, issue
   11's harness, all 32 Levin captures, large init): 24/32 at ER ≤ 3, mean ER 4.45, median 1.88, kernel error
@@ -92,7 +93,7 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   — and every gradient of an estimated z is far worse; a reading, not tested: the finest level's z, at the
   smallest σ_t after the most HQS pairs, is the estimate whose weaker gradients are most worth keeping.
   **Tuned constant**: 40 against 20, the only alternative tried, on eight Levin captures (the six failures of
-  the previous default, im1_kernel6, im3_kernel6, im4_kernel2/3/4/7, and two successes, im2_kernel3 and
+  the fifteenth-session default, im1_kernel6, im3_kernel6, im4_kernel2/3/4/7, and two successes, im2_kernel3 and
   im4_kernel8): a lower error ratio on all eight (im4_kernel3 6.14 → 2.13, im1_kernel6 3.61 → 2.23); then run
   once on all 32 (27/32 at ER ≤ 3, mean ER 2.11 against 26/32, 2.48) and on BSD68 at three noise levels
   (README).
@@ -473,7 +474,8 @@ def marginal_em(
     antialiased) — a warm start, e.g. to refine another method's estimate or, as ``benchmarks/em_fixed_point.py``
     does, to start from the true kernel. ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
     (``finest_edges`` in place of ``edges`` at the finest level, 20 before the seventeenth session;
-    ``edge_window=0`` ranks the gradients by magnitude alone); ``prune_mass``: its pruning of kernel components below that fraction of the mass (:func:`prune_kernel`; 0.1 before the twelfth session);
+    ``edge_window=0`` ranks the gradients by magnitude alone); ``prune_mass``: its pruning of kernel components
+    below that fraction of the mass (:func:`prune_kernel`; 0.1 before the twelfth session);
     ``refine``: how many of the finest level's last kernel steps take the covariance term over the kept edge
     pixels only, as ``covariance="kept"`` does, for ``full`` and ``hqs`` (module docstring; every step when
     ``iters`` ≤ ``refine``; 0 before the thirteenth session). ``inner``: the E-step's HQS pairs per outer iteration

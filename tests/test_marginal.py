@@ -426,8 +426,8 @@ def test_the_finest_levels_kernel_steps_keep_finest_edges_gradients(monkeypatch)
     marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, min_kernel=7)
     assert seen == [(7, marginal.FINEST_EDGES)]
 
-    def count(z, *args, **kw):  # the kept pixels, from the masked gradients the normal equations receive
-        kept.append(int((z[0][..., :-1, :] != 0).sum()))
+    def count(gs, *args, **kw):  # the kept pixels, from the masked gradients the normal equations receive
+        kept.append(int((gs[0][..., :-1, :] != 0).sum()))
         return torch.zeros(49, 49, dtype=torch.float64), torch.ones(49, dtype=torch.float64)
 
     monkeypatch.setattr(marginal, "kernel_normal_equations", count)
