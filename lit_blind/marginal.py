@@ -59,9 +59,9 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   accuracy even with the true image in place of z (the dropped gradients still shape y: on the 32 Levin
   captures the mean error ratio of the kernel step on the true image is 0.59 with every gradient and 1.09 with
   the selection, ``benchmarks/levin_compare.py``), but with an estimated z, whose weak gradients are wrong, every
-  gradient is far worse (README). ``kernel_image="hqs"``
-  fits the E-step's HQS image x_p instead of z = D(x_p, σ_t): x_p is the mean of the Gaussian whose covariance
-  the term counts, so the expectation is then taken under one distribution. Measured (sixteenth session, issue
+  gradient is far worse (README). ``kernel_image="hqs"`` fits the E-step's HQS image x_p instead of
+  z = D(x_p, σ_t): x_p is the mean of the Gaussian whose covariance the term counts, so the expectation is then
+  taken under one distribution. Measured (sixteenth session, issue
   11's harness, all 32 Levin captures, large init): 24/32 at ER ≤ 3, mean ER 4.45, median 1.88, kernel error
   0.574 against z's 26/32, 2.48, 2.16, 0.567 — a lower error ratio on 16 of 32; the striped shirt's streaks
   go (im4_kernel3 6.14 → 1.53), but the kernel step on x_p can lock onto a wrong shape from the coarsest level
@@ -95,9 +95,8 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   **Tuned constant**: 40 against 20, the only alternative tried, on eight Levin captures (the six failures of
   the fifteenth-session default, im1_kernel6, im3_kernel6, im4_kernel2/3/4/7, and two successes, im2_kernel3 and
   im4_kernel8): a lower error ratio on seven (im4_kernel3 6.14 → 2.13, im1_kernel6 3.61 → 2.23), the same on
-  im4_kernel2 (5.18 → 5.19); then run
-  once on all 32 (27/32 at ER ≤ 3, mean ER 2.11 against 26/32, 2.48) and on BSD68 at three noise levels
-  (README).
+  im4_kernel2 (5.18 → 5.19); then run once on all 32 (27/32 at ER ≤ 3, mean ER 2.11 against 26/32, 2.48) and
+  on BSD68 at three noise levels (README).
 * **Final image** (fifteenth session): the returned image is not the last E-step's but a separate non-blind
   deconvolution under the final kernel: x restarted from y, one HQS pair per σ of the finest level's schedule
   (the schedule of DPIR, Zhang et al. 2021: one pair per level of a decreasing σ), every channel of an RGB y with
