@@ -98,3 +98,11 @@ def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
     em.output_dir = tmp_path / "em"
     oracle, large = em.run(prior, item["image"][None], "im1_kernel3", em.row_keys("im1_kernel3"), item=extra)
     assert oracle["init"] == "oracle" and oracle["kernel_error"] < large["kernel_error"] - 0.1  # 0.67 vs 0.81
+    # the method's own seconds exclude the error ratio's two non-blind solves, the row's seconds include them
+    assert 0 < large["deblur_seconds"] < large["seconds"]
+    summary = em.summarize([oracle, large])["large"]
+    assert summary["deblur_seconds_per_image"] == large["deblur_seconds"]
+    assert (
+        "deblur_seconds_per_image"
+        not in em.summarize([{k: v for k, v in large.items() if k != "deblur_seconds"}])["large"]
+    )
