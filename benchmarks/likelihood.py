@@ -20,8 +20,9 @@ Printed, in this order:
     python benchmarks/likelihood.py [--prior natural-gray-small|mnist-small|tiny|PATH] [--images 2] [--size 64]
                                     [--figure docs/potential_integrand.png] [--blur θ]
 
-With ``--blur θ`` every image is first blurred by the 31×31 Gaussian kernel of that θ (reflected at the border):
-the inputs of Figs. 7–8, whose potentials the fixed-step solver integrates less well (the README).
+With ``--blur θ`` every image is first blurred by the 31×31 Gaussian kernel of that θ (circular boundary, as
+``BlurLikelihoodProbe`` does): the inputs of Figs. 7–8, whose potentials the fixed-step solver integrates less
+well (the README).
 """
 
 from __future__ import annotations
@@ -149,9 +150,9 @@ def main() -> None:
     prior = load(args.prior)
     names = ["camera", "moon", "coins", "text"][: args.images]
     xs = [torch.nn.functional.adaptive_avg_pool2d(embedded_image(n), args.size).double() for n in names]
-    if args.blur is not None:  # what Figs. 7–8 score: h_θ ⋆ x, the image reflected at its border
+    if args.blur is not None:  # what Figs. 7–8 score: h_θ ⋆ x, circular as in BlurLikelihoodProbe (§2.3)
         h = family("gaussian", 31)(torch.tensor([[args.blur]], dtype=torch.float64))
-        xs = [blur(torch.nn.functional.pad(x, (15,) * 4, mode="reflect"), h, "valid") for x in xs]
+        xs = [blur(x, h) for x in xs]
     probes = [rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(i)) for i, x in enumerate(xs)]
     rows: dict[str, list[tuple[float, int, float]]] = {m: [] for m in METHODS}
     for i, (x, u) in enumerate(zip(xs, probes, strict=True)):
