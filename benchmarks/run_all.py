@@ -5,7 +5,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["likelihood.py", "deblur.py", "hessian.py", "levin_solver.py", "synthetic_blind.py", "validation_cost.py"]
+SCRIPTS = [
+    "likelihood.py",
+    "local_attention.py",
+    "deblur.py",
+    "hessian.py",
+    "levin_solver.py",
+    "synthetic_blind.py",
+    "validation_cost.py",
+]
 
 if __name__ == "__main__":
     failed = 0

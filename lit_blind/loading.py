@@ -467,6 +467,9 @@ class LoadedPrior(Prior):
     def terminal_log_prob(self, x):
         return self.inner.terminal_log_prob(x)
 
+    def local_attention(self):
+        return self.inner.local_attention()
+
     def log_prob(self, x, sigma):
         return self.inner.log_prob(x, sigma)
 

@@ -19,8 +19,9 @@ The analytic priors are the ground truth of the test suite:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,12 @@ class Prior(nn.Module):
         d = x[0].numel()
         var = self.sigma_max**2
         return -0.5 * x.flatten(1).pow(2).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
+
+    @contextlib.contextmanager
+    def local_attention(self) -> Iterator[None]:
+        """Within this context, a network whose self-attention spans the whole image attends within windows of
+        its training size only (:class:`WindowedAttention`); a no-op for priors without such attention."""
+        yield
 
     def check_input(self, x: Tensor, name: str = "x") -> Tensor:
         """Raise ``ValueError`` unless ``x`` is a finite ``(B, C, H, W)`` batch this prior can take."""
@@ -329,6 +336,58 @@ class GaussianMixturePrior(Prior):
         return self.log_prob(x, self.sigma_max)
 
 
+class WindowedAttention:
+    r"""A diffusers attention processor (``Attention.set_processor``) whose spatial self-attention runs within
+    non-overlapping ``window`` × ``window`` blocks of the token grid instead of over the whole image: the
+    context a UNet trained on patches saw (its ``sample_size`` over the block's down-sampling factor), at a cost
+    linear in the image's area instead of quadratic. The group norm is taken over the whole image as before; a
+    grid that the windows do not tile is zero-padded and the padded keys are masked. Otherwise the arithmetic of
+    diffusers' ``AttnProcessor2_0`` (projections, ``scaled_dot_product_attention`` at scale 1/√head_dim, output
+    projection, residual, ``rescale_output_factor``), to which it defers when one window covers the grid or for
+    cross-attention. Written by hand: diffusers has no windowed processor for its UNet2DModel attention.
+    Measured on natural-gray-small (README, "The denoiser's attention"): the same denoising PSNR on BSD68, the
+    forward at 288 × 288 ≈ 1.7× faster on one CPU thread."""
+
+    def __init__(self, window: int):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.window = int(window)
+        self.full = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        w = self.window
+        if (
+            hidden_states.ndim != 4
+            or max(hidden_states.shape[-2:]) <= w
+            or encoder_hidden_states is not None
+            or attention_mask is not None
+            or attn.spatial_norm is not None
+        ):
+            return self.full(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+        b, c, h, wd = hidden_states.shape
+        x = hidden_states if attn.group_norm is None else attn.group_norm(hidden_states)
+        nh, nw = -(-h // w), -(-wd // w)
+        x = F.pad(x, (0, nw * w - wd, 0, nh * w - h))
+        tokens = x.reshape(b, c, nh, w, nw, w).permute(0, 2, 4, 3, 5, 1).reshape(b * nh * nw, w * w, c)
+        heads = [f(tokens) for f in (attn.to_q, attn.to_k, attn.to_v)]
+        q, k, v = (t.reshape(t.shape[0], w * w, attn.heads, -1).transpose(1, 2) for t in heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        mask = None
+        if nh * w != h or nw * w != wd:  # the padded keys take no part
+            valid = F.pad(torch.ones(1, 1, h, wd, dtype=torch.bool, device=x.device), (0, nw * w - wd, 0, nh * w - h))
+            valid = valid.reshape(1, nh, w, nw, w).permute(0, 1, 3, 2, 4).reshape(nh * nw, 1, 1, w * w)
+            mask = valid.repeat(b, 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b * nh * nw, w * w, -1)))
+        out = out.reshape(b, nh, nw, w, w, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, nh * w, nw * w)[..., :h, :wd]
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
 class UNetScorePrior(Prior):
     r"""A diffusers ``UNet2DModel`` with Fourier σ embedding whose output is the VE score in [0, 1] units.
 
@@ -362,6 +421,40 @@ class UNetScorePrior(Prior):
                 f"{name} must have height and width divisible by {self.multiple} for this UNet, got {tuple(x.shape)}"
             )
         return x
+
+    @contextlib.contextmanager
+    def local_attention(self) -> Iterator[None]:
+        """Within this context every spatial self-attention block of the UNet attends within windows of the
+        training size (``sample_size`` pixels, i.e. ``sample_size`` / 2^i tokens at a block i levels down):
+        :class:`WindowedAttention`, in place of the default processors, restored on exit. A UNet trained on
+        patches saw no longer context; images no larger than ``sample_size`` are unchanged."""
+        from diffusers.models.attention_processor import Attention
+
+        size = self.unet.config.sample_size
+        size = min(size) if isinstance(size, (tuple, list)) else size
+        levels = len(self.unet.config.block_out_channels)
+        saved = {}
+        for name, module in self.unet.named_modules():
+            part = name.split(".")
+            if (
+                size is None
+                or not isinstance(module, Attention)
+                or part[0] not in {"down_blocks", "mid_block", "up_blocks"}
+            ):
+                continue
+            if part[0] == "down_blocks":  # the block's down-sampling: 2^i in down block i, 2^(n-1) in the middle,
+                down = int(part[1])  # 2^(n-1-j) in up block j
+            elif part[0] == "mid_block":
+                down = levels - 1
+            else:
+                down = levels - 1 - int(part[1])
+            saved[module] = module.processor
+            module.set_processor(WindowedAttention(max(1, int(size) >> down)))
+        try:
+            yield
+        finally:
+            for module, processor in saved.items():
+                module.set_processor(processor)
 
     def _score(self, x: Tensor, sigma: Tensor) -> Tensor:
         p = next(self.unet.parameters())

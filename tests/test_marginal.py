@@ -307,6 +307,7 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"prune_mass": -0.1}, "prune_mass must be a finite number >= 0"),
         ({"refine": -1}, "refine must be a non-negative integer"),
         ({"refine": 1.5}, "refine must be a non-negative integer"),
+        ({"attention": "windowed"}, "attention must be one of"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -600,3 +601,23 @@ def test_deblur_defaults_to_em_on_the_valid_domain():
     res = deblur(y, GaussianPrior(), kernel_size=7)
     direct = marginal_em(y, GaussianPrior(), 7, init="large")
     assert res.image.shape == (1, 1, 48, 40) and torch.equal(res.kernel, direct.kernel)
+
+
+@pytest.mark.parametrize("attention", ["local", "global"])
+def test_the_em_runs_the_denoiser_with_local_attention_unless_told_otherwise(monkeypatch, attention):
+    """With a UNet prior larger than its training size, every denoiser call of the EM (its E-steps and the final
+    pass) goes through WindowedAttention by default, none with ``attention="global"``; the processors are the
+    defaults again afterwards."""
+    from lit_blind.priors import WindowedAttention
+    from lit_blind.testing import tiny_unet_prior
+
+    prior, calls = tiny_unet_prior(), []
+    windowed = WindowedAttention.__call__
+    monkeypatch.setattr(WindowedAttention, "__call__", lambda self, *a, **k: calls.append(1) or windowed(self, *a, **k))
+    denoise = marginal._denoise
+    monkeypatch.setattr(marginal, "_denoise", lambda *a: calls.append(0) or denoise(*a))
+    y = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    marginal_em(y, prior, 5, iters=1, inner=1, finest_inner=1, sigma_y=0.01, attention=attention)
+    n = calls.count(0)  # denoiser calls; each passes the UNet's four attention blocks
+    assert n > 0 and calls.count(1) == (4 * n if attention == "local" else 0)
+    assert not any(isinstance(m.processor, WindowedAttention) for m in prior.unet.modules() if hasattr(m, "processor"))

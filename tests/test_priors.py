@@ -179,3 +179,65 @@ def test_padded_evaluation_takes_any_size(gen):
     expected = prior.denoise(padded, 0.1)[..., : x.shape[-2], : x.shape[-1]]
     torch.testing.assert_close(prior.denoise_padded(x, 0.1), expected)
     torch.testing.assert_close(prior.score_padded(x, 0.1), (expected - x) / 0.1**2, rtol=1e-4, atol=1e-3)
+
+
+def test_windowed_attention_attends_within_windows_of_the_given_size(gen):
+    """WindowedAttention against attention computed window by window by hand: the tokens group-normed over the
+    whole grid, softmax(q kᵀ/√d) v within each 4 × 4 window (partial windows at the far edges), the output
+    projection and the residual; a grid that one window covers goes to diffusers' default processor."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from lit_blind.priors import WindowedAttention
+    from lit_blind.testing import tiny_unet
+
+    attn = tiny_unet().mid_block.attentions[0]
+    x = torch.randn(2, 32, 10, 7, generator=gen)
+    with torch.no_grad():
+        out = WindowedAttention(4)(attn, x)
+        normed, ref = attn.group_norm(x), torch.empty_like(x)
+        for i in range(0, 10, 4):
+            for j in range(0, 7, 4):
+                win = normed[:, :, i : i + 4, j : j + 4]
+                t = win.flatten(2).transpose(1, 2)
+                q, k, v = (
+                    f(t).unflatten(-1, (attn.heads, -1)).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v)
+                )
+                a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+                o = attn.to_out[0](a.transpose(1, 2).flatten(2))
+                ref[:, :, i : i + 4, j : j + 4] = o.transpose(1, 2).reshape(win.shape)
+        ref = (ref + x) / attn.rescale_output_factor
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        one = x[..., :4, :3].contiguous()
+        torch.testing.assert_close(WindowedAttention(4)(attn, one), AttnProcessor2_0()(attn, one))
+
+
+def test_local_attention_windows_every_attention_block_at_the_training_size_and_restores(gen):
+    """tiny_unet (sample_size 8; four attention blocks one level down: in a down block, the middle, an up block): in
+    local_attention every block attends within 4 × 4 tokens (8 pixels); an 8 × 8 image is unchanged, a 24 × 24
+    one is not; on exit the default processors are back; priors without attention accept the context and
+    LoadedPrior forwards it."""
+    from diffusers.models.attention_processor import Attention
+
+    from lit_blind.loading import LoadedPrior
+    from lit_blind.priors import WindowedAttention
+    from lit_blind.testing import tiny_unet_prior
+
+    prior = tiny_unet_prior()
+    blocks = [m for m in prior.unet.modules() if isinstance(m, Attention)]
+    before = [type(m.processor) for m in blocks]
+    assert len(blocks) == 4
+    small, large = torch.rand(1, 1, 8, 8, generator=gen), torch.rand(1, 1, 24, 24, generator=gen)
+    with torch.no_grad():
+        ref_small, ref_large = prior.denoise(small, 0.1), prior.denoise(large, 0.1)
+        with prior.local_attention():
+            assert all(isinstance(m.processor, WindowedAttention) and m.processor.window == 4 for m in blocks)
+            loc_small, loc_large = prior.denoise(small, 0.1), prior.denoise(large, 0.1)
+    assert [type(m.processor) for m in blocks] == before
+    torch.testing.assert_close(loc_small, ref_small)
+    assert float((loc_large - ref_large).abs().max()) > 1e-4
+    with GaussianPrior().local_attention():
+        pass
+    loaded = LoadedPrior("natural-gray-small")  # the shipped prior through the YAML wrapper: forwarded
+    with loaded.local_attention():
+        assert isinstance(loaded.inner.unet.mid_block.attentions[0].processor, WindowedAttention)
+    assert not isinstance(loaded.inner.unet.mid_block.attentions[0].processor, WindowedAttention)
