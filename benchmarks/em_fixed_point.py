@@ -35,7 +35,7 @@ from lit_blind.marginal import COVARIANCES, annealing_end, marginal_em, pyramid,
 from lit_blind.metrics import error_ratio, kernel_error, noise_level
 
 # the values of settings that older rows do not carry
-LEGACY = {"prune_mass": 0.1, "refine": 0, "finest_inner": 2, "finest_edges": 20.0}
+LEGACY = {"prune_mass": 0.1, "refine": 0, "finest_inner": 2, "finest_edges": 20.0, "attention": "global"}
 DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
 
 
@@ -49,7 +49,8 @@ def finest_schedule(kernel_size: int, sigma_end: float) -> tuple[float, float]:
 def same_run(row: dict, run: dict) -> bool:
     """Whether a stored row has the settings ``run``; rows written before the twelfth session carry no
     ``prune_mass`` and had 0.1, rows before the thirteenth no ``refine`` and had 0, rows before the fifteenth no
-    ``finest_inner`` and had 2, rows before the seventeenth no ``finest_edges`` and had 20."""
+    ``finest_inner`` and had 2, rows before the seventeenth no ``finest_edges`` and had 20, rows before the nineteenth
+    no ``attention`` and had ``global``."""
     return all(row.get(key, LEGACY.get(key)) == v for key, v in run.items())
 
 
@@ -85,6 +86,12 @@ def main() -> None:
         default=DEFAULTS["finest_edges"],
         help="gradients the kernel step keeps at the finest level, in units of 4k (20 before the seventeenth session)",
     )
+    ap.add_argument(
+        "--attention",
+        default=DEFAULTS["attention"],
+        choices=["local", "global"],
+        help="the denoiser's self-attention (global before the nineteenth session)",
+    )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -92,7 +99,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture;
-    # prune_mass, refine, finest_inner, finest_edges: as the engine's; rows without them had LEGACY's values)
+    # prune_mass, refine, finest_inner, finest_edges, attention: as the engine's; rows without them had LEGACY's values)
     run = {
         "covariance": args.covariance,
         "prior": args.prior,
@@ -101,6 +108,7 @@ def main() -> None:
         "refine": args.refine,
         "finest_inner": args.finest_inner,
         "finest_edges": args.finest_edges,
+        "attention": args.attention,
     }
     done = {r["image_id"] for r in rows if same_run(r, run)}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
@@ -135,6 +143,7 @@ def main() -> None:
             refine=args.refine,
             finest_inner=args.finest_inner,
             finest_edges=args.finest_edges,
+            attention=args.attention,
             callback=keep_first,
         )
         fit = oracle(prune_mass=args.prune_mass)(y, sharp, name)

@@ -65,9 +65,7 @@ def main() -> None:
         print(f"PSNR skipped: no BSD68 photographs under {DATA / 'natural' / 'BSD68'}")
         return
     images = [read_image(f, channels=1).float() for f in files]
-    print(
-        f"denoising PSNR (dB), mean over {len(images)} BSD68 photographs ({images[0].shape[-1]}×{images[0].shape[-2]})"
-    )
+    print(f"denoising PSNR (dB), mean over {len(images)} BSD68 photographs at full size")
     print(f"{'sigma':>6} {'global':>8} {'local':>8} {'diff':>7}")
     for sigma in SIGMAS:
         g, loc = denoising_psnr(prior, images, sigma, False), denoising_psnr(prior, images, sigma, True)
