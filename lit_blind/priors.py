@@ -97,7 +97,8 @@ class Prior(nn.Module):
     @contextlib.contextmanager
     def local_attention(self) -> Iterator[None]:
         """Within this context, a network whose self-attention spans the whole image attends within windows of
-        its training size only (:class:`WindowedAttention`); a no-op for priors without such attention."""
+        its training size only (:class:`WindowedAttention`). Implemented by :class:`UNetScorePrior` (diffusers
+        attention blocks); a no-op here, so for every other prior, a denoiser's own attention included."""
         yield
 
     def check_input(self, x: Tensor, name: str = "x") -> Tensor:
