@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from levin_compare import oracle  # beside this script
 
+from lit_blind._limits import ATTENTIONS
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.loading import load_prior
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument(
         "--attention",
         default=DEFAULTS["attention"],
-        choices=["local", "global"],
+        choices=ATTENTIONS,
         help="the denoiser's self-attention (global before the nineteenth session)",
     )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")

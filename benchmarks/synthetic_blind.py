@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lit_blind._limits import SIGMA_Y_MAX
+from lit_blind._limits import ATTENTIONS, SIGMA_Y_MAX
 from lit_blind.io import data_path, read_levin_kernels
 from lit_blind.loading import load_prior
 from lit_blind.marginal import marginal_em
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument(
         "--attention",
         default=None,
-        choices=["local", "global"],
+        choices=ATTENTIONS,
         help="the denoiser's self-attention (default: the engine's, local; global before the nineteenth session)",
     )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")

@@ -155,7 +155,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from lit_blind._checks import check_choice, check_image, check_positive
-from lit_blind._limits import COVARIANCES, SIGMA_Y_MAX
+from lit_blind._limits import ATTENTIONS, COVARIANCES, SIGMA_Y_MAX
 from lit_blind.deconv import DeblurResult
 from lit_blind.io import LUMA, to_channels
 from lit_blind.metrics import noise_level
@@ -547,7 +547,7 @@ def marginal_em(
         check_choice("init", init, ("small", "large"))
     check_choice("covariance", covariance, COVARIANCES)
     check_choice("kernel_image", kernel_image, ("hqs", "denoised"))
-    check_choice("attention", attention, ("local", "global"))
+    check_choice("attention", attention, ATTENTIONS)
     if sigma_y is not None and not 0 < float(sigma_y) <= SIGMA_Y_MAX:
         raise ValueError(f"sigma_y must be in (0, {SIGMA_Y_MAX}] for an image in [0, 1], got {sigma_y!r}")
     check_positive("rho", rho)

@@ -428,20 +428,17 @@ class UNetScorePrior(Prior):
         """Within this context every spatial self-attention block of the UNet attends within windows of the
         training size (``sample_size`` pixels, i.e. ``sample_size`` / 2^i tokens at a block i levels down):
         :class:`WindowedAttention`, in place of the default processors, restored on exit. A UNet trained on
-        patches saw no longer context; images no larger than ``sample_size`` are unchanged."""
+        patches saw no longer context; images no larger than ``sample_size`` are unchanged, and so is a UNet
+        without a ``sample_size``."""
         from diffusers.models.attention_processor import Attention
 
         size = self.unet.config.sample_size
         size = min(size) if isinstance(size, (tuple, list)) else size
         levels = len(self.unet.config.block_out_channels)
         saved = {}
-        for name, module in self.unet.named_modules():
+        for name, module in self.unet.named_modules() if size is not None else ():
             part = name.split(".")
-            if (
-                size is None
-                or not isinstance(module, Attention)
-                or part[0] not in {"down_blocks", "mid_block", "up_blocks"}
-            ):
+            if not isinstance(module, Attention) or part[0] not in {"down_blocks", "mid_block", "up_blocks"}:
                 continue
             if part[0] == "down_blocks":  # the block's down-sampling: 2^i in down block i, 2^(n-1) in the middle,
                 down = int(part[1])  # 2^(n-1-j) in up block j
