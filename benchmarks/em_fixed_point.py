@@ -6,14 +6,15 @@ default coarse-to-fine run (the last ``iters`` values of the geometric ``sigma_s
 ``sigma_end`` the engine's default for the capture's noise level unless ``--sigma-end`` is given) and every other
 setting at its default (``--prune-mass``: the kernel step's pruning, in the engine and the oracle alike;
 ``--refine``: the engine's refining kernel steps at the end; ``--finest-inner``: its E-step pairs at the finest
-level; ``--finest-edges``: the gradients its kernel step keeps there). Printed per image: the error ratio and
+level; ``--finest-edges``: the gradients its kernel step keeps there; ``--polish``: its kernel steps on the final
+pass's image). Printed per image: the error ratio and
 kernel error after the first and after the last outer iteration, and the kernel step on the true sharp image
 (the oracle of ``benchmarks/levin_compare.py``, edge selection on). If the iteration leaves the truth, the
 coarse-to-fine path is not what limits the default there: its fixed point does. Rows are appended to ``--out``
 (JSON lines) and images already there are skipped, so two processes can share a run:
 
     python benchmarks/em_fixed_point.py --images im1_kernel1 im3_kernel6 [--covariance none] [--sigma-end 0.015]
-        [--prune-mass 0.1] [--refine 0] [--finest-inner 2] [--finest-edges 20]
+        [--prune-mass 0.1] [--refine 0] [--finest-inner 2] [--finest-edges 20] [--polish 0]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lit_blind.marginal import COVARIANCES, annealing_end, marginal_em, pyramid,
 from lit_blind.metrics import error_ratio, kernel_error, noise_level
 
 # the values of settings that older rows do not carry
-LEGACY = {"prune_mass": 0.1, "refine": 0, "finest_inner": 2, "finest_edges": 20.0, "attention": "global"}
+LEGACY = {"prune_mass": 0.1, "refine": 0, "finest_inner": 2, "finest_edges": 20.0, "attention": "global", "polish": 0}
 DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
 
 
@@ -51,7 +52,7 @@ def same_run(row: dict, run: dict) -> bool:
     """Whether a stored row has the settings ``run``; rows written before the twelfth session carry no
     ``prune_mass`` and had 0.1, rows before the thirteenth no ``refine`` and had 0, rows before the fifteenth no
     ``finest_inner`` and had 2, rows before the seventeenth no ``finest_edges`` and had 20, rows before the nineteenth
-    no ``attention`` and had ``global``."""
+    no ``attention`` and had ``global``, rows before the twentieth no ``polish`` and had 0."""
     return all(row.get(key, LEGACY.get(key)) == v for key, v in run.items())
 
 
@@ -93,6 +94,12 @@ def main() -> None:
         choices=ATTENTIONS,
         help="the denoiser's self-attention (global before the nineteenth session)",
     )
+    ap.add_argument(
+        "--polish",
+        type=int,
+        default=DEFAULTS["polish"],
+        help="kernel steps on the final pass's image after the finest level (the engine's default: 0)",
+    )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -100,7 +107,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture;
-    # prune_mass, refine, finest_inner, finest_edges, attention: as the engine's; rows without them had LEGACY's values)
+    # prune_mass, refine, finest_inner, finest_edges, attention, polish: as the engine's; rows without them had LEGACY's
+    # values)
     run = {
         "covariance": args.covariance,
         "prior": args.prior,
@@ -110,6 +118,7 @@ def main() -> None:
         "finest_inner": args.finest_inner,
         "finest_edges": args.finest_edges,
         "attention": args.attention,
+        "polish": args.polish,
     }
     done = {r["image_id"] for r in rows if same_run(r, run)}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
@@ -145,6 +154,7 @@ def main() -> None:
             finest_inner=args.finest_inner,
             finest_edges=args.finest_edges,
             attention=args.attention,
+            polish=args.polish,
             callback=keep_first,
         )
         fit = oracle(prune_mass=args.prune_mass)(y, sharp, name)

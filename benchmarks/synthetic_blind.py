@@ -14,7 +14,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
-        [--finest-edges 20] [--attention global]
+        [--finest-edges 20] [--attention global] [--polish 0]
 """
 
 from __future__ import annotations
@@ -99,6 +99,12 @@ def main() -> None:
         choices=ATTENTIONS,
         help="the denoiser's self-attention (default: the engine's, local; global before the nineteenth session)",
     )
+    ap.add_argument(
+        "--polish",
+        type=int,
+        default=None,
+        help="kernel steps on the final pass's image after the finest level (default: the engine's, 0)",
+    )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
@@ -118,6 +124,7 @@ def main() -> None:
     engine |= {} if args.finest_inner is None else {"finest_inner": args.finest_inner}
     engine |= {} if args.finest_edges is None else {"finest_edges": args.finest_edges}
     engine |= {} if args.attention is None else {"attention": args.attention}
+    engine |= {} if args.polish is None else {"polish": args.polish}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():

@@ -526,6 +526,52 @@ def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monke
     assert marginal.REFINE == 2
 
 
+def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
+    """polish = r: after the finest level, r rounds of (the final pass from y under the current kernel, one HQS pair
+    per σ of the finest level's schedule; a kernel step on its image with finest_edges gradients and the last σ_t's
+    covariance trace, over every pixel as in the EM's own steps), then the final pass under the last kernel; each round's kernel in the
+    history, each round an outer iteration of the finest level at the last σ_t in the history and to the callback,
+    its denoiser calls counted; polish = 0 leaves the engine as it was."""
+    steps = []
+    step = marginal.kernel_step
+
+    def spy(z, y, k, reg, edges, masked_cov, *rest, **kw):
+        h = step(z, y, k, reg, edges, masked_cov, *rest, **kw)
+        steps.append((z, reg, edges, masked_cov, h))
+        return h
+
+    monkeypatch.setattr(marginal, "kernel_step", spy)
+    y = add_noise(blur(_blocks(48, 48), _motion_kernel(7), "valid"), 0.01, torch.Generator().manual_seed(0))
+    opts = dict(iters=2, inner=1, finest_inner=1, min_kernel=5, finest_edges=5)
+    base = marginal_em(y, GaussianPrior(), 7, **opts)  # polish = 0 by default
+    n = len(steps)
+    assert base.history["polish"] == []
+    steps.clear()
+    seen = []
+    res = marginal_em(y, GaussianPrior(), 7, polish=2, callback=lambda s: seen.append(s), **opts)
+    assert len(steps) == n + 2
+    torch.testing.assert_close(res.history["scales"][-1][1], base.kernel, rtol=0, atol=0)  # the same EM before
+    sigmas = base.history["sigma"][-2:]
+    assert res.history["sigma"] == base.history["sigma"] + [sigmas[-1]] * 2
+    assert res.history["level"] == base.history["level"] + [base.history["level"][-1]] * 2
+    assert [(s["iteration"], s["total"]) for s in seen[-3:]] == [(1, n + 2), (2, n + 2), (3, n + 2)]
+    h = base.kernel
+    for (z, reg, edges, masked_cov, h_new), kept in zip(steps[n:], res.history["polish"], strict=True):
+        x = F.pad(y, (3,) * 4, mode="replicate")  # the final pass by hand, under the kernel before the round
+        for sigma in sigmas:
+            x = e_step(x, y, h, GaussianPrior(), sigma, 0.1, 1)[0]
+        torch.testing.assert_close(z, x, rtol=0, atol=1e-12)
+        assert edges == 5 and not masked_cov
+        assert reg == pytest.approx(gradient_covariance_trace(h, tuple(x.shape[-2:]), sigmas[-1], 0.1), rel=1e-12)
+        torch.testing.assert_close(kept, h_new, rtol=0, atol=0)
+        h = h_new
+    torch.testing.assert_close(res.kernel, h, rtol=0, atol=0)
+    assert not torch.equal(res.kernel, base.kernel)
+    assert res.history["score_evals"][-1] == base.history["score_evals"][-1] + 2 * 2
+    with pytest.raises(ValueError, match="polish must be a non-negative integer, got -1"):
+        marginal_em(y, GaussianPrior(), 7, polish=-1)
+
+
 def test_covariance_of_masked_gradients_counts_the_kept_pixels_only():
     """E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var: with edge selection the trace over
     all pixels is scaled by the kept fraction, which is exactly the unscaled step at that smaller weight."""
