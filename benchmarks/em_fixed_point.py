@@ -98,7 +98,7 @@ def main() -> None:
         "--polish",
         type=int,
         default=DEFAULTS["polish"],
-        help="kernel steps on the final pass's image after the finest level (the engine's default: 0)",
+        help="kernel steps on the final pass's image after the finest level (0 before the twentieth session)",
     )
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()

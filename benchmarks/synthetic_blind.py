@@ -103,7 +103,8 @@ def main() -> None:
         "--polish",
         type=int,
         default=None,
-        help="kernel steps on the final pass's image after the finest level (default: the engine's, 0)",
+        help="kernel steps on the final pass's image after the finest level (default: the engine's, 2; 0 before the "
+        "twentieth session)",
     )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()

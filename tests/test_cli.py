@@ -167,7 +167,8 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
 
 
 def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
-    """--covariance tweedie: the per-pixel variance costs two denoiser calls per outer iteration more."""
+    """--covariance tweedie: the per-pixel variance costs two denoiser calls per kernel step more (every outer
+    iteration and every polishing round)."""
     evals = {}
     for choice in ("full", "tweedie"):
         out = tmp_path / choice
@@ -176,7 +177,8 @@ def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
         result = json.loads((out / "result.json").read_text())
         assert result["settings"]["covariance"] == choice
         evals[choice] = result["score_evals"]
-    outer = inspect.signature(marginal_em).parameters["iters"].default * len(pyramid(7, 5))
+    defaults = inspect.signature(marginal_em).parameters
+    outer = defaults["iters"].default * len(pyramid(7, 5)) + defaults["polish"].default
     assert evals["tweedie"] == evals["full"] + 2 * outer
 
 

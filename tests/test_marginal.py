@@ -145,7 +145,9 @@ def test_hqs_covariance_is_the_exact_covariance_of_the_e_steps_gaussian():
     the initial 3×3 box, computed densely here; with sigma_y omitted, the noise level is estimated from y."""
     y = blur(_blocks(16, 16), _motion_kernel(5), "valid")  # 12 × 12, x on 16 × 16
     sigma_y, rho = 0.02, 0.1
-    one_level = dict(iters=1, inner=1, finest_inner=1, min_kernel=7, init="small")  # 5×5 below min_kernel: one level
+    one_level = dict(
+        iters=1, inner=1, finest_inner=1, min_kernel=7, init="small", polish=0
+    )  # 5×5 < min_kernel: one level
     res = marginal_em(y, GaussianPrior(), 5, covariance="hqs", sigma_y=sigma_y, rho=rho, **one_level)
     box = torch.zeros(1, 1, 5, 5, dtype=D)
     box[..., 1:4, 1:4] = 1 / 9
@@ -218,7 +220,9 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
     assert res.kernel.shape == (1, 1, k, k) and res.image.shape == (1, 1, 96, 96)
     finest = res.history["level"].count(max(res.history["level"]))
     assert len(seen) == len(res.history["sigma"])
-    assert res.history["score_evals"][-1] == 2 * (len(seen) - finest) + FINEST_INNER * finest + finest
+    iters = finest - marginal.POLISH  # the finest level's EM iterations, then the polishing rounds
+    polish_and_final = iters * (marginal.POLISH + 1)  # one final pass (iters pairs) per round and at the end
+    assert res.history["score_evals"][-1] == 2 * (len(seen) - finest) + FINEST_INNER * iters + polish_and_final
     assert kernel_error(res.kernel, h_true) < kernel_error(dirac(k, torch.float64), h_true) - 0.1
 
 
@@ -341,7 +345,7 @@ def test_annealing_ends_at_the_noise_level():
     """sigma_end=None: σ_t ends at SIGMA_END_PER_NOISE · σ_y, at least the prior's sigma_min and at most
     sigma_start; σ_y is estimated from y when not given, and deblur passes its sigma_y to the EM."""
     y = add_noise(blur(_blocks(40, 40), _motion_kernel(5), "valid"), 0.02, torch.Generator().manual_seed(0))
-    one = dict(iters=2, inner=1, finest_inner=1, min_kernel=7)  # a 5×5 kernel below min_kernel: one level
+    one = dict(iters=2, inner=1, finest_inner=1, min_kernel=7, polish=0)  # a 5×5 kernel below min_kernel: one level
     prior = GaussianPrior(sigma_min=0.005)
     for sigma_y, end in ((0.02, SIGMA_END_PER_NOISE * 0.02), (0.001, 0.005), (0.2, 0.05)):
         res = marginal_em(y, prior, 5, sigma_y=sigma_y, **one)
@@ -390,7 +394,7 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
 
     monkeypatch.setattr(marginal, "_e_step", spy)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    res = marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5)
+    res = marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5, polish=0)
     levels = len(pyramid(7, 5))
     final = [(7, 1, 1)] * 2  # the final pass: one pair per σ of the finest level's schedule
     assert levels > 1 and calls == [(5, 1, 1)] * 2 * (levels - 1) + [(7, 1, 3)] * 2 + final
@@ -401,7 +405,7 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
     torch.testing.assert_close(res.image, x, rtol=0, atol=1e-12)
     calls.clear()
     rgb = torch.cat([y, 0.8 * y, 1 - y], 1)
-    res = marginal_em(rgb, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5)
+    res = marginal_em(rgb, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5, polish=0)
     assert calls[-4:] == [(7, 1, 3)] * 2 + [(7, 3, 1)] * 2  # the finest level on the luminance, then the channels
     assert res.history["score_evals"][-1] == 2 * (levels - 1) + 6 + 2
     with pytest.raises(ValueError, match="finest_inner must be a positive integer, got 0"):
@@ -420,12 +424,14 @@ def test_the_finest_levels_kernel_steps_keep_finest_edges_gradients(monkeypatch)
 
     monkeypatch.setattr(marginal, "kernel_step", spy)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=1, min_kernel=5, edges=3, finest_edges=5)
+    marginal_em(
+        y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=1, min_kernel=5, edges=3, finest_edges=5, polish=0
+    )
     levels = len(pyramid(7, 5))
     assert levels > 1 and seen == [(5, 3)] * 2 * (levels - 1) + [(7, 5)] * 2
     seen.clear()
     marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, min_kernel=7)
-    assert seen == [(7, marginal.FINEST_EDGES)]
+    assert seen == [(7, marginal.FINEST_EDGES)] * (1 + marginal.POLISH)  # the polishing keeps the finest budget
 
     def count(gs, *args, **kw):  # the kept pixels, from the masked gradients the normal equations receive
         kept.append(int((gs[0][..., :-1, :] != 0).sum()))
@@ -489,7 +495,8 @@ def test_the_kernel_step_fits_the_chosen_image_of_the_e_step(monkeypatch, kernel
     monkeypatch.setattr(marginal, "_e_step", spy_e)
     monkeypatch.setattr(marginal, "kernel_step", spy_k)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    marginal_em(y, GaussianPrior(), 7, iters=2, inner=2, finest_inner=2, min_kernel=5, kernel_image=kernel_image)
+    opts = dict(iters=2, inner=2, finest_inner=2, min_kernel=5, polish=0)
+    marginal_em(y, GaussianPrior(), 7, kernel_image=kernel_image, **opts)
     assert len(fitted) == len(images) - 2  # the final pass (2 σ) runs no kernel step
     for (z, xp), f in zip(images, fitted, strict=False):
         assert f is (xp if kernel_image == "hqs" else z)
@@ -510,18 +517,18 @@ def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monke
 
     monkeypatch.setattr(marginal, "kernel_step", spy)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    res = marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=2)
+    res = marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=2, polish=0)
     coarse = 3 * (len(marginal.pyramid(7, 5)) - 1)  # kernel steps on the coarser levels
     assert seen[coarse:] == [(7, False), (7, True), (7, True)] and not any(m for _, m in seen[:coarse])
     assert res.history["covariance"][-1] > 0  # the trace is still computed; the kernel step scales it
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=0)
+    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=0, polish=0)
     assert not any(m for _, m in seen)
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=3, covariance="kept")
+    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=3, covariance="kept", polish=0)
     assert all(m for _, m in seen)
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, min_kernel=5, refine=2)  # fewer steps than refine: all
+    marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, min_kernel=5, refine=2, polish=0)  # fewer steps than refine
     assert seen[-1] == (7, True) and not any(m for _, m in seen[:-1])
     assert marginal.REFINE == 2
 
@@ -543,7 +550,7 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
     monkeypatch.setattr(marginal, "kernel_step", spy)
     y = add_noise(blur(_blocks(48, 48), _motion_kernel(7), "valid"), 0.01, torch.Generator().manual_seed(0))
     opts = dict(iters=2, inner=1, finest_inner=1, min_kernel=5, finest_edges=5)
-    base = marginal_em(y, GaussianPrior(), 7, **opts)  # polish = 0 by default
+    base = marginal_em(y, GaussianPrior(), 7, polish=0, **opts)
     n = len(steps)
     assert base.history["polish"] == []
     steps.clear()
@@ -567,6 +574,7 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
         h = h_new
     torch.testing.assert_close(res.kernel, h, rtol=0, atol=0)
     assert not torch.equal(res.kernel, base.kernel)
+    assert marginal.POLISH == 2
     assert res.history["score_evals"][-1] == base.history["score_evals"][-1] + 2 * 2
     with pytest.raises(ValueError, match="polish must be a non-negative integer, got -1"):
         marginal_em(y, GaussianPrior(), 7, polish=-1)
