@@ -189,7 +189,7 @@ def deblur_parser() -> argparse.ArgumentParser:
         default=None,
         help="kernel steps after the finest level, each on the image of a non-blind pass under the current kernel "
         "(README, 'Polishing the kernel': a lower kernel error on synthetic blur, one success more on the Levin "
-        "captures); 0 is about 30%% faster (default: 2)",
+        "captures); 0 takes about 27%% less time (default: 2)",
     )
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
     map_only.add_argument(
