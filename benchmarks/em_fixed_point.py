@@ -39,6 +39,24 @@ from lit_blind.metrics import error_ratio, kernel_error, noise_level
 # the values of settings that older rows do not carry
 LEGACY = {"prune_mass": 0.1, "refine": 0, "finest_inner": 2, "finest_edges": 20.0, "attention": "global", "polish": 0}
 DEFAULTS = {k: p.default for k, p in inspect.signature(marginal_em).parameters.items()}
+# the engine's options this benchmark passes through, each with the engine's default: flag → argparse keywords
+ENGINE_OPTIONS = {
+    "--prune-mass": dict(type=float, help="the kernel step's pruning (0.1 before the twelfth session)"),
+    "--refine": dict(type=int, help="the refining kernel steps at the end (0 before the thirteenth)"),
+    "--finest-inner": dict(
+        type=int, help="E-step pairs per outer iteration at the finest level (2 before the fifteenth session)"
+    ),
+    "--finest-edges": dict(
+        type=float,
+        help="gradients the kernel step keeps at the finest level, in units of 4k (20 before the seventeenth session)",
+    ),
+    "--attention": dict(
+        choices=ATTENTIONS, help="the denoiser's self-attention (global before the nineteenth session)"
+    ),
+    "--polish": dict(
+        type=int, help="kernel steps on the final pass's image after the finest level (0 before the twentieth session)"
+    ),
+}
 
 
 def finest_schedule(kernel_size: int, sigma_end: float) -> tuple[float, float]:
@@ -64,62 +82,19 @@ def main() -> None:
     ap.add_argument(
         "--sigma-end", type=float, default=None, help="σ_t at the end of the whole run (default: the engine's)"
     )
-    ap.add_argument(
-        "--prune-mass",
-        type=float,
-        default=DEFAULTS["prune_mass"],
-        help="the kernel step's pruning (0.1 before the twelfth session)",
-    )
-    ap.add_argument(
-        "--refine",
-        type=int,
-        default=DEFAULTS["refine"],
-        help="the refining kernel steps at the end (0 before the thirteenth)",
-    )
-    ap.add_argument(
-        "--finest-inner",
-        type=int,
-        default=DEFAULTS["finest_inner"],
-        help="E-step pairs per outer iteration at the finest level (2 before the fifteenth session)",
-    )
-    ap.add_argument(
-        "--finest-edges",
-        type=float,
-        default=DEFAULTS["finest_edges"],
-        help="gradients the kernel step keeps at the finest level, in units of 4k (20 before the seventeenth session)",
-    )
-    ap.add_argument(
-        "--attention",
-        default=DEFAULTS["attention"],
-        choices=ATTENTIONS,
-        help="the denoiser's self-attention (global before the nineteenth session)",
-    )
-    ap.add_argument(
-        "--polish",
-        type=int,
-        default=DEFAULTS["polish"],
-        help="kernel steps on the final pass's image after the finest level (0 before the twentieth session)",
-    )
+    engine_actions = [ap.add_argument(flag, **options) for flag, options in ENGINE_OPTIONS.items()]
+    for action in engine_actions:
+        action.default = DEFAULTS[action.dest]
     ap.add_argument("--out", default="outputs/em_fixed_point.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture;
-    # prune_mass, refine, finest_inner, finest_edges, attention, polish: as the engine's; rows without them had LEGACY's
-    # values)
-    run = {
-        "covariance": args.covariance,
-        "prior": args.prior,
-        "sigma_end": args.sigma_end,
-        "prune_mass": args.prune_mass,
-        "refine": args.refine,
-        "finest_inner": args.finest_inner,
-        "finest_edges": args.finest_edges,
-        "attention": args.attention,
-        "polish": args.polish,
-    }
+    # what a row of this run carries besides its image (sigma_end None: the engine's default for each capture; the
+    # engine options as the engine's by default; rows without them had LEGACY's values)
+    engine = {action.dest: getattr(args, action.dest) for action in engine_actions}
+    run = {"covariance": args.covariance, "prior": args.prior, "sigma_end": args.sigma_end} | engine
     done = {r["image_id"] for r in rows if same_run(r, run)}
     dm = LevinDataModule(root=str(data_path("../shared/data") / "levin09"))
     dm.setup()
@@ -149,13 +124,8 @@ def main() -> None:
             sigma_start=s0,
             sigma_end=s1,
             covariance=args.covariance,
-            prune_mass=args.prune_mass,
-            refine=args.refine,
-            finest_inner=args.finest_inner,
-            finest_edges=args.finest_edges,
-            attention=args.attention,
-            polish=args.polish,
             callback=keep_first,
+            **engine,
         )
         fit = oracle(prune_mass=args.prune_mass)(y, sharp, name)
         row = {"image_id": name} | run

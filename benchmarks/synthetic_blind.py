@@ -117,15 +117,9 @@ def main() -> None:
     torch.set_num_threads(1)
     priors = {"diffusion": load_prior("natural-gray-small"), "gaussian": GaussianPrior()}
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
-    engine = {} if args.iters is None else {"iters": args.iters}
-    engine |= {} if args.edge_window is None else {"edge_window": args.edge_window}
-    engine |= {} if args.sigma_end is None else {"sigma_end": args.sigma_end}
-    engine |= {} if args.prune_mass is None else {"prune_mass": args.prune_mass}
-    engine |= {} if args.refine is None else {"refine": args.refine}
-    engine |= {} if args.finest_inner is None else {"finest_inner": args.finest_inner}
-    engine |= {} if args.finest_edges is None else {"finest_edges": args.finest_edges}
-    engine |= {} if args.attention is None else {"attention": args.attention}
-    engine |= {} if args.polish is None else {"polish": args.polish}
+    # the engine options given on the command line; the others keep the engine's defaults
+    passed = "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish".split()
+    engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():

@@ -674,6 +674,7 @@ def marginal_em(
             coarser = x[..., k // 2 : x.shape[-2] - k // 2, k // 2 : x.shape[-1] - k // 2]  # on this level's y grid
         # polishing (module docstring, "Polishing"): kernel steps on the final pass's image with the last σ_t's
         # covariance term; reported as further iterations of the finest level
+        sig = float(sigmas[-1, -1])
         for r in range(int(polish)):
             x = final_pass(y, h)
             evals += sigmas.shape[1]
