@@ -18,7 +18,9 @@ Printed, in this order:
    it oscillates in log σ).
 
     python benchmarks/likelihood.py [--prior natural-gray-small|mnist-small|tiny|PATH] [--images 2] [--size 64]
-                                    [--figure docs/potential_integrand.png] [--blur θ]
+                                    [--figure docs/potential_integrand.png] [--blur θ] [--device cuda]
+
+On a GPU (``--device cuda``) the timings synchronise the device around every timed call.
 
 With ``--blur θ`` every image is first blurred by the 31×31 Gaussian kernel of that θ (circular boundary, as
 ``BlurLikelihoodProbe`` does): the inputs of Figs. 7–8, whose potentials the fixed-step solver integrates less
@@ -64,14 +66,23 @@ def load(name: str):
     return load_prior(name)
 
 
-def per_call_ms(prior, size: int, batch: int, repeats: int = 3) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock interval covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def per_call_ms(prior, size: int, batch: int, device: torch.device, repeats: int = 3) -> float:
     """Milliseconds per image of one network forward (no graph) at this batch size."""
-    x, s = torch.rand(batch, prior.channels, size, size), torch.full((batch,), 0.1)
+    x = torch.rand(batch, prior.channels, size, size, device=device)
+    s = torch.full((batch,), 0.1, device=device)
     with torch.no_grad():
         prior._score_unchecked(x, s)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             prior._score_unchecked(x, s)
+        sync(device)
     return (time.perf_counter() - t0) / repeats / batch * 1e3
 
 
@@ -83,8 +94,10 @@ def profile(prior, x: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
 
     def timed(fn, key):
         def wrapper(*a, **k):
+            sync(x.device)
             t0 = time.perf_counter()
             out = fn(*a, **k)
+            sync(x.device)
             spent[key] += time.perf_counter() - t0
             return out
 
@@ -94,6 +107,7 @@ def profile(prior, x: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
     try:
         t0 = time.perf_counter()
         potential(prior, x, probes=u, **METHODS[BASELINE])
+        sync(x.device)
         total = time.perf_counter() - t0
     finally:
         del prior._score_unchecked
@@ -145,21 +159,26 @@ def main() -> None:
     ap.add_argument(
         "--blur", type=float, default=None, help="score the images blurred by the 31×31 Gaussian of this θ instead"
     )
+    ap.add_argument("--device", default="cpu", help="torch device of the prior and the images (cpu: one thread)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    prior = load(args.prior)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    prior = load(args.prior).to(device)
     names = ["camera", "moon", "coins", "text"][: args.images]
     xs = [torch.nn.functional.adaptive_avg_pool2d(embedded_image(n), args.size).double() for n in names]
     if args.blur is not None:  # what Figs. 7–8 score: h_θ ⋆ x, circular as in BlurLikelihoodProbe (§2.3)
         h = family("gaussian", 31)(torch.tensor([[args.blur]], dtype=torch.float64))
         xs = [blur(x, h) for x in xs]
-    probes = [rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(i)) for i, x in enumerate(xs)]
+    xs = [x.to(device) for x in xs]
+    probes = [rademacher((1, 1, *x.shape[1:]), torch.Generator().manual_seed(i)).to(device) for i, x in enumerate(xs)]
     rows: dict[str, list[tuple[float, int, float]]] = {m: [] for m in METHODS}
     for i, (x, u) in enumerate(zip(xs, probes, strict=True)):
         ref = float(potential(prior, x, solver="rk45", rtol=1e-8, atol=1e-8, probes=u).value[0])
         for label, kw in METHODS.items():
             t0 = time.perf_counter()
             r = potential(prior, x, probes=u, **kw)
+            sync(device)
             rows[label].append((time.perf_counter() - t0, int(r.nfe[0]), float(r.value[0]) - ref))
             print(
                 f"{names[i]}: {label}: q − q_ref {rows[label][-1][2]:+.2f} nats, NFE {rows[label][-1][1]}", flush=True
@@ -169,9 +188,8 @@ def main() -> None:
     t_base = statistics.mean(r[0] for r in rows[BASELINE])
     nfe_base = statistics.mean(r[1] for r in rows[BASELINE])
     blurred = "" if args.blur is None else f", blurred by the Gaussian θ = {args.blur}"
-    print(
-        f"\nprior={args.prior}, {len(xs)} images {args.size}×{args.size}{blurred}, one thread, one shared probe per image"
-    )
+    where = "one thread" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"\nprior={args.prior}, {len(xs)} images {args.size}×{args.size}{blurred}, {where}, one shared probe per image")
     print(
         f"1. one baseline potential ({names[0]}): {prof['total']:.2f} s; mean over the images {t_base:.2f} s, {nfe_base:.0f} NFE"
     )
@@ -180,7 +198,7 @@ def main() -> None:
         + ", ".join(f"{k} {prof[k] / prof['total']:.0%}" for k in ("forward", "vjp", "other"))
         + " (other: scipy, numpy↔torch, float64↔float32 casts)"
     )
-    batched = {b: per_call_ms(prior, args.size, b) for b in (1, 2, 8, 41)}
+    batched = {b: per_call_ms(prior, args.size, b, device) for b in (1, 2, 8, 41)}
     print("   forward ms per image at batch " + ", ".join(f"{b}: {t:.1f}" for b, t in batched.items()))
     print("\n2. error against NFE (reference: scipy RK45 at rtol = atol = 1e-8, same probe)")
     print("| method | s per potential | NFE | mean abs(q − q_ref) | max abs(q − q_ref) | speed vs baseline |")

@@ -72,9 +72,10 @@ class NonFiniteScoreError(FloatingPointError):
 
 
 def rademacher(shape: tuple[int, ...], generator: torch.Generator | None = None, device=None) -> Tensor:
-    """Rademacher ±1 probes, float64."""
-    bits = torch.randint(0, 2, shape, generator=generator, device=device)
-    return (2 * bits - 1).to(torch.float64)
+    """Rademacher ±1 probes, float64, drawn on the generator's device (a CPU generator gives the same probes
+    for a CUDA ``device``) and moved to ``device``."""
+    bits = torch.randint(0, 2, shape, generator=generator, device=None if generator is None else generator.device)
+    return (2 * bits - 1).to(device=device, dtype=torch.float64)
 
 
 class _Field:

@@ -56,12 +56,22 @@ def _find_shipped(name: str) -> Path:
     )
 
 
-def save_diffusers_ve(unet, directory: str | Path, sigma_min: float, sigma_max: float) -> None:
-    """Write a VE ``UNet2DModel`` as :func:`load_diffusers_ve` reads it: ``save_pretrained`` (safetensors) plus
-    ``lit_blind_prior.json`` (σ range, pixel units)."""
+def save_diffusers_ve(
+    unet,
+    directory: str | Path,
+    sigma_min: float,
+    sigma_max: float,
+    max_shard_size: str | None = None,
+    info: dict | None = None,
+) -> None:
+    """Write a VE ``UNet2DModel`` as :func:`load_diffusers_ve` reads it: ``save_pretrained`` (safetensors, in
+    the network's dtype; shards of at most ``max_shard_size`` such as ``"15MB"`` plus their index when given)
+    and ``lit_blind_prior.json`` (σ range, pixel units, and ``info`` such as the training steps).
+    ``from_pretrained`` reads fp16 shards back into a float32 network."""
     directory = Path(directory)
-    unet.save_pretrained(directory)
+    unet.save_pretrained(directory, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     meta = {"kind": "diffusers-ve-unet", "sigma_min": sigma_min, "sigma_max": sigma_max, "pixel_range": [0, 1]}
+    meta |= info or {}
     (directory / "lit_blind_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -1,5 +1,7 @@
 """Every loader on files made here (tiny random networks in the original formats) and on the shared weights."""
 
+import copy
+import json
 import pickle
 
 import numpy as np
@@ -156,6 +158,27 @@ def test_diffusers_folder_roundtrip(tmp_path, gen):
     (tmp_path / "broken" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     with pytest.raises(ValueError, match="UNet2DModel"):
         load_prior(tmp_path / "broken", sigma_min=0.01, sigma_max=1.0)
+
+
+def test_fp16_shards_roundtrip(tmp_path, gen):
+    """save_diffusers_ve in fp16 shards (as the shipped `mnist` prior is stored) loads back into float32, with
+    the σ range, the extra info, and the fp16 rounding as the only difference."""
+    from lit_blind.loading import save_diffusers_ve
+    from lit_blind.testing import tiny_unet
+
+    unet = tiny_unet()
+    x, s = torch.rand(2, 1, 8, 8, generator=gen), torch.full((2,), 0.3)
+    with torch.no_grad():
+        ref = unet(x, s).sample
+    save_diffusers_ve(copy.deepcopy(unet).half(), tmp_path, 0.01, 10.0, max_shard_size="20KB", info={"steps": 7})
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1 and (tmp_path / "lit_blind_prior.json").is_file()
+    assert json.loads((tmp_path / "lit_blind_prior.json").read_text())["steps"] == 7
+    prior = load_prior(tmp_path)
+    assert next(prior.unet.parameters()).dtype == torch.float32 and (prior.sigma_min, prior.sigma_max) == (0.01, 10.0)
+    with torch.no_grad():
+        got = prior.score(x, s)
+    assert not torch.equal(got, ref)  # the weights went through fp16
+    torch.testing.assert_close(got, ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize(

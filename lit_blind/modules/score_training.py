@@ -118,9 +118,10 @@ class ScoreTrainingModule(pl.LightningModule):
             self.export(self.output_dir / "prior")
 
     def export(self, directory: str | Path) -> None:
-        """EMA weights via ``save_pretrained`` (safetensors) plus ``lit_blind_prior.json`` (σ range, units)."""
+        """EMA weights via ``save_pretrained`` (safetensors) plus ``lit_blind_prior.json`` (σ range, units, the
+        optimizer steps trained)."""
 
-        save_diffusers_ve(self.ema, directory, self.sigma_min, self.sigma_max)
+        save_diffusers_ve(self.ema, directory, self.sigma_min, self.sigma_max, info={"trained_steps": self.global_step})
 
 
 def export_checkpoint(checkpoint: str | Path, config: str | Path, directory: str | Path) -> None:
