@@ -68,6 +68,23 @@ def test_blur_likelihood_runs_resumes_and_summarizes(tmp_path):
     assert len(ResultsFile(out, KEY).rows()) == 12
 
 
+def test_a_folder_resumes_only_under_the_prior_and_probe_settings_that_wrote_it(tmp_path, capsys):
+    """Rows of another prior or other probe settings are not mixed into a folder (the summary would average
+    them); a changed θ grid or family list (what ``selects`` names) extends the run."""
+    out = tmp_path / "bl"
+    run_lightning_cli(_blur_args(out, "--model.init_args.probe.init_args.thetas", "[0.0, 5.0]"))
+    assert json.loads((out / "run.json").read_text())["probe"]["solver_kw"]["solver"] == "dopri5"
+    n = len(ResultsFile(out, KEY).rows())
+    with pytest.raises(ValueError, match=r"another run \(probe\.solver_kw differ"):
+        run_lightning_cli(_blur_args(out, "--model.init_args.probe.init_args.rtol", "1e-3"))
+    gauss = "{class_path: lit_blind.priors.GaussianPrior, init_args: {sigma_min: 0.02}}"
+    with pytest.raises(ValueError, match=r"prior\.sigma_min differ.*--model\.init_args\.output_dir"):
+        run_lightning_cli(_blur_args(out, "--model.init_args.prior", gauss))
+    assert len(ResultsFile(out, KEY).rows()) == n  # nothing written by the refused runs
+    run_lightning_cli(_blur_args(out))  # the θ grid extended: the rows for θ = 2.5 are added
+    assert len(ResultsFile(out, KEY).rows()) == n + 2 * 2
+
+
 def test_resumed_multi_process_run_deals_out_the_images_still_to_do(tmp_path):
     from types import SimpleNamespace
 

@@ -61,7 +61,7 @@ def test_a_probe_gets_the_run_folder(tmp_path):
     probe = CriticalPointProbe(steps=2, record_every=1, exact=True)
     module = PriorEvaluationModule(GaussianPrior(), probe, str(tmp_path))
     module._trainer = SimpleNamespace(
-        world_size=1, test_dataloaders=None, strategy=SimpleNamespace(barrier=lambda: None)
+        world_size=1, test_dataloaders=None, is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None)
     )
     module.on_test_start()
     assert probe.output_dir == tmp_path

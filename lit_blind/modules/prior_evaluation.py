@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_blind.priors import Prior
 from lit_blind.probes import Probe
+from lit_blind.probes.base import json_settings
 from lit_blind.results import ResultsFile, write_json
 
 INPUT_ERRORS = (FloatingPointError,)  # NonFiniteScoreError included: failures of one input, not of the run
@@ -40,7 +41,36 @@ class PriorEvaluationModule(pl.LightningModule):
         self.output_dir = Path(output_dir)
         self._grid_logged = False
 
+    def run_settings(self) -> dict:
+        """What a resumed run must share with the run that wrote ``output_dir``: the prior (its class and
+        JSON-representable attributes, e.g. a loaded prior's spec and σ range) and the probe (its class and
+        :meth:`~lit_blind.probes.Probe.settings`)."""
+        return {
+            "prior": {"class": type(self.prior).__name__} | json_settings(self.prior, skip={"training"}),
+            "probe": {"class": type(self.probe).__name__} | self.probe.settings(),
+        }
+
+    def _check_resume(self) -> None:
+        """Refuse to add rows to a folder written under another prior or other probe settings (its rows would be
+        mixed with this run's in the summary); record this run's settings in ``run.json`` otherwise."""
+        path, mine = self.output_dir / "run.json", self.run_settings()
+        if path.is_file():
+            theirs = json.loads(path.read_text())
+            if theirs != mine:
+                diff = sorted(
+                    f"{part}.{k}" for part in mine for k in {*mine[part], *theirs.get(part, {})}
+                    if mine[part].get(k) != theirs.get(part, {}).get(k)
+                )  # fmt: skip
+                raise ValueError(
+                    f"output_dir {self.output_dir} holds the results of another run ({', '.join(diff)} differ, "
+                    f"see its run.json): resume it with the same prior and probe settings, or choose a new output_dir "
+                    "(--model.init_args.output_dir)"
+                )
+        elif self.trainer.is_global_zero:
+            write_json(path, mine)
+
     def on_test_start(self) -> None:
+        self._check_resume()
         self.results = ResultsFile(self.output_dir, key=self.probe.key)
         if self.probe.output_dir is None:
             self.probe.output_dir = self.output_dir

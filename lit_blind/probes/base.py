@@ -10,6 +10,7 @@ numbers and ``figures(rows)`` into matplotlib figures. Adding a probe = one file
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import zlib
@@ -22,6 +23,20 @@ from torch import Tensor
 from lit_blind.priors import Prior
 
 
+def json_settings(obj, skip: set[str] = frozenset()) -> dict:
+    """``obj``'s public attributes that JSON can represent as they are (numbers, strings, lists, dicts), for
+    comparing the settings of two runs; others (tensors, networks, paths) are left out."""
+    out = {}
+    for name, value in vars(obj).items():
+        if name.startswith("_") or name in skip:
+            continue
+        try:
+            out[name] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 class Probe:
     """Base of every probe (see the module docstring).
 
@@ -30,11 +45,19 @@ class Probe:
     images); ``item`` carries the other fields of the dataset item (e.g. a ground-truth kernel);
     ``output_dir`` is the run's folder, set by the module before the first ``run`` (for files beside the
     rows); ``image_grid`` returns the inputs worth showing for one image; ``scalars`` the TensorBoard
-    scalars of one row.
+    scalars of one row. ``selects`` names the attributes that only choose which rows exist (families, θ grid,
+    initialisations): a resumed run may change them, while any other setting (``settings()``) must match the
+    run that wrote the folder.
     """
 
     key: tuple[str, ...] = ("image_id",)
+    selects: tuple[str, ...] = ()
     output_dir: Path | None = None
+
+    def settings(self) -> dict:
+        """The probe's JSON-representable settings that decide its rows' values: every public attribute but
+        ``output_dir`` and those in ``selects`` (what a resumed run must share with the run it continues)."""
+        return json_settings(self, skip={"output_dir", *self.selects})
 
     def row_keys(self, image_id: str) -> list[dict]:
         return [{"image_id": image_id}]

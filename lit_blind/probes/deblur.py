@@ -40,6 +40,7 @@ class DeblurProbe(Probe):
     """
 
     key = ("image_id", "init")
+    selects = ("inits",)
 
     def __init__(
         self,

@@ -254,6 +254,7 @@ class ProfileProbe(Probe):
     :func:`~lit_blind.likelihood.potential`."""
 
     key = ("image_id", "family", "sigma_y")
+    selects = ("families", "sigma_ys")
 
     def __init__(
         self,

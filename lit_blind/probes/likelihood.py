@@ -33,6 +33,7 @@ class BlurLikelihoodProbe(Probe):
     """
 
     key = ("image_id", "family", "theta")
+    selects = ("families", "thetas")
 
     def __init__(
         self,
