@@ -41,3 +41,26 @@ def test_fit_config_smoke(config, tmp_path, shared_data, monkeypatch):
     n = prior.unet.config.sample_size
     s = prior.score(torch.rand(2, 1, n, n), prior.sigma_min)
     assert s.shape == (2, 1, n, n) and torch.isfinite(s).all()
+
+
+def test_ema_follows_the_warm_up_decay():
+    """EMA after a step at global step t: e ← d e + (1 − d) w with d = min(ema_decay, (1 + t)/(10 + t))."""
+    from types import SimpleNamespace
+
+    from lit_blind.modules.score_training import ScoreTrainingModule
+    from lit_blind.testing import tiny_unet
+
+    module = ScoreTrainingModule(tiny_unet(), ema_decay=0.999)
+    before = [e.clone() for e in module.ema.parameters()]
+    with torch.no_grad():
+        for w in module.unet.parameters():
+            w.add_(1.0)
+    for step, decay in ((0, 0.1), (5000, 5001 / 5010), (20000, 0.999)):
+        module._trainer = SimpleNamespace(global_step=step)
+        ref = [
+            decay * e + (1 - decay) * w for e, w in zip(module.ema.parameters(), module.unet.parameters(), strict=True)
+        ]
+        module.on_train_batch_end(None, None, 0)
+        for e, r in zip(module.ema.parameters(), ref, strict=True):
+            torch.testing.assert_close(e, r)
+    assert any(not torch.equal(e, b) for e, b in zip(module.ema.parameters(), before, strict=True))
