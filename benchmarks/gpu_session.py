@@ -11,15 +11,25 @@ only itself and the table is printed whatever happens:
    ``export_scores.json``: the fp32 network's scores at a few seeded inputs (TF32 off) and the largest
    difference of the fp16 copy from them, which a test of the shipped prior can check it against; and the EMA
    network's validation loss, as ``validation_step`` computes it, on the first 10 test batches.
-3. **timing** — Table 1 (``configs/experiments/timing.yaml``) for mnist-small, the new prior and
+3. **train step** — milliseconds per training step of the fit's UNet, eager and under ``torch.compile`` (where
+   the fit's steps/s go: 9.2 steps/s on an H200 in the twenty-first session).
+4. **timing** — Table 1 (``configs/experiments/timing.yaml``) for mnist-small, the new prior and
    natural-gray-small on the GPU.
-4. **benchmarks** — ``benchmarks/likelihood.py`` and ``benchmarks/hessian.py`` with ``--device cuda``.
+5. **benchmarks** — ``benchmarks/likelihood.py`` and ``benchmarks/hessian.py`` with ``--device cuda``.
 
 Everything goes to ``--out``: the fp16 shards, ``mnist_meta.tar`` (config, index, σ range, export
 scores, the fit's config and TensorBoard log), ``session.log`` and ``table.md``. The table is printed last.
 
     python benchmarks/gpu_session.py --out $OUT [--train-seconds 240] [--budget 540]
-    python benchmarks/gpu_session.py --out /tmp/gpu --tiny      # the CPU rehearsal: tiny UNet, seconds each
+    python benchmarks/gpu_session.py --out /tmp/gpu --tiny      # the CPU rehearsal: tiny UNet, minutes
+
+On a machine whose Python lacks diffusers, deepinv and jsonargparse (the lent GPU's image), with their wheels
+(and docstring_parser, typeshed_client, importlib_metadata, lazy_importer, natsort) downloaded into ``.whl/`` and
+the MNIST IDX files copied into ``.gpu/data/mnist``, as the twenty-first session ran it::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site:$PWD LIT_BLIND_DATA=$PWD/.gpu/data python3 benchmarks/gpu_session.py --out $OUT \
+        --work /tmp/work --train-seconds 300 --budget 540
 """
 
 from __future__ import annotations
@@ -142,6 +152,51 @@ def write_table(out: Path, rows: list[tuple[str, str, float, str]], cuda: bool, 
     return "\n".join(table)
 
 
+def _timed_steps(step, steps: int, device: torch.device) -> float:
+    """Seconds of ``steps`` calls of ``step``, the device's queued work included."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def train_step_ms(device: torch.device, tiny: bool, steps: int = 20) -> dict[str, float]:
+    """Milliseconds per training step of the fit config's UNet (batch 128, bf16 autocast on CUDA, Adam), eager and
+    under ``torch.compile`` (its first step, the compilation, apart): where the fit's steps/s go."""
+    from functools import partial
+
+    import yaml
+    from diffusers import UNet2DModel
+
+    from lit_blind.modules.score_training import ScoreTrainingModule
+
+    cfg = yaml.safe_load((REPO / "configs/fit/mnist_binarized_ve.yaml").read_text())["model"]["init_args"]
+    unet_kw = cfg["unet"]["init_args"] | (
+        {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1} if tiny else {}
+    )
+    x = (torch.rand(8 if tiny else 128, 1, 32, 32, device=device) > 0.5).float()
+    out = {}
+    for mode in ("eager", "compiled"):
+        module = ScoreTrainingModule(UNet2DModel(**unet_kw), cfg["sigma_min"], cfg["sigma_max"]).to(device)
+        net = torch.compile(module.unet) if mode == "compiled" else module.unet
+        opt = torch.optim.Adam(module.unet.parameters(), lr=1e-4)
+        step = partial(_train_step, module, net, opt, x)
+        out[f"{mode} first step s"] = _timed_steps(step, 1, device)
+        out[f"{mode} ms/step"] = _timed_steps(step, steps, device) / steps * 1e3
+    return out
+
+
+def _train_step(module, net, opt, x: torch.Tensor) -> None:
+    """One optimizer step of the denoising score-matching loss, bf16 autocast on CUDA."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        loss = module.loss(net, x)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -189,6 +244,16 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 (the table reports any failure and the session goes on)
         rows.append(("export fp16", f"failed: {type(err).__name__}: {err}"[:200], time.perf_counter() - t0, "-"))
     collect(out, prior_dir, fit_dir)  # the prior is safe under OUT even if a later stage overruns the lease
+    write_table(out, rows, cuda, time.perf_counter() - start)
+
+    probe = (
+        "import json, sys, torch; sys.path.insert(0, 'benchmarks'); from gpu_session import train_step_ms; "
+        f"print('TRAIN_STEP', json.dumps(train_step_ms(torch.device('{device}'), {args.tiny})))"
+    )
+    status, secs, text = run_stage("train step", [*py, "-c", probe], min(240, left() - 200), log)
+    found = [json.loads(ln.split(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("TRAIN_STEP ")]
+    info = ", ".join(f"{k} {v:.1f}" for k, v in found[0].items()) if found else "-"
+    rows.append(("train step (batch 128)", status, secs, info))
     write_table(out, rows, cuda, time.perf_counter() - start)
 
     timing = {

@@ -189,7 +189,9 @@ def main() -> None:
     nfe_base = statistics.mean(r[1] for r in rows[BASELINE])
     blurred = "" if args.blur is None else f", blurred by the Gaussian θ = {args.blur}"
     where = "one thread" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"\nprior={args.prior}, {len(xs)} images {args.size}×{args.size}{blurred}, {where}, one shared probe per image")
+    print(
+        f"\nprior={args.prior}, {len(xs)} images {args.size}×{args.size}{blurred}, {where}, one shared probe per image"
+    )
     print(
         f"1. one baseline potential ({names[0]}): {prof['total']:.2f} s; mean over the images {t_base:.2f} s, {nfe_base:.0f} NFE"
     )
