@@ -28,8 +28,8 @@ On a machine whose Python lacks diffusers, deepinv and jsonargparse (the lent GP
 the MNIST IDX files copied into ``.gpu/data/mnist``, as the twenty-first session ran it::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    PYTHONPATH=/tmp/site:$PWD LIT_BLIND_DATA=$PWD/.gpu/data python3 benchmarks/gpu_session.py --out $OUT \
-        --work /tmp/work --train-seconds 300 --budget 540
+    PYTHONPATH=/tmp/site:$PWD LIT_BLIND_DATA=$PWD/.gpu/data python3 benchmarks/gpu_session.py
+        --out $OUT --work /tmp/work --train-seconds 300 --budget 540   (one command line)
 """
 
 from __future__ import annotations
