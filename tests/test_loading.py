@@ -161,7 +161,7 @@ def test_diffusers_folder_roundtrip(tmp_path, gen):
 
 
 def test_fp16_shards_roundtrip(tmp_path, gen):
-    """save_diffusers_ve in fp16 shards (as the shipped `mnist` prior is stored) loads back into float32, with
+    """save_diffusers_ve in fp16 shards (as benchmarks/gpu_session.py exports a trained prior) loads back into float32, with
     the σ range, the extra info, and the fp16 rounding as the only difference."""
     from lit_blind.loading import save_diffusers_ve
     from lit_blind.testing import tiny_unet

@@ -68,7 +68,7 @@ def test_blur_likelihood_runs_resumes_and_summarizes(tmp_path):
     assert len(ResultsFile(out, KEY).rows()) == 12
 
 
-def test_a_folder_resumes_only_under_the_prior_and_probe_settings_that_wrote_it(tmp_path, capsys):
+def test_a_folder_resumes_only_under_the_prior_and_probe_settings_that_wrote_it(tmp_path):
     """Rows of another prior or other probe settings are not mixed into a folder (the summary would average
     them); a changed θ grid or family list (what ``selects`` names) extends the run."""
     out = tmp_path / "bl"
