@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from lit_blind.probes.base import synchronize
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD = "15MB"
@@ -74,9 +75,13 @@ def export_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return x0 + sigma[:, None, None, None] * torch.randn(x0.shape, generator=gen), sigma
 
 
-def export(fit_dir: Path, dest: Path, data_root: Path, device: torch.device) -> dict:
-    """fp16 shards of the EMA network, the export scores and the EMA validation loss."""
-    from lit_blind.io import read_idx_images
+def export(fit_dir: Path, dest: Path, device: torch.device) -> dict:
+    """The EMA network's validation loss, then its fp16 shards and the export scores."""
+    from itertools import islice
+
+    import yaml
+
+    from lit_blind.data import BinarizedMNISTDataModule
     from lit_blind.loading import load_diffusers_ve, save_diffusers_ve
     from lit_blind.modules.score_training import ScoreTrainingModule, export_checkpoint
 
@@ -84,6 +89,16 @@ def export(fit_dir: Path, dest: Path, data_root: Path, device: torch.device) -> 
         export_checkpoint(fit_dir / "checkpoints" / "last.ckpt", fit_dir / "config.yaml", fit_dir / "prior")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     prior = load_diffusers_ve(fit_dir / "prior").to(device)
+    # the fp32 EMA network's validation loss as validation_step computes it (the same noise per batch index), on the
+    # fit's own validation batches (its config's data section; the fit ran with limit_val_batches 10)
+    data = BinarizedMNISTDataModule(**yaml.safe_load((fit_dir / "config.yaml").read_text())["data"]["init_args"])
+    data.setup("fit")
+    module = ScoreTrainingModule(prior.unet, prior.sigma_min, prior.sigma_max)
+    with torch.no_grad():
+        losses = [
+            float(module.loss(module.unet, b.to(device), torch.Generator().manual_seed(i)))
+            for i, (b,) in enumerate(islice(data.val_dataloader(), 10))
+        ]
     y, sigma = export_inputs()
     with torch.no_grad():
         ref = prior.score(y.to(device), sigma.to(device)).cpu()
@@ -104,15 +119,6 @@ def export(fit_dir: Path, dest: Path, data_root: Path, device: torch.device) -> 
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     (dest / "export_scores.json").write_text(json.dumps(scores) + "\n")
-    # validation loss of the EMA network exactly as validation_step computes it, first 10 batches of 256
-    x = read_idx_images(data_root / "mnist" / "t10k-images-idx3-ubyte.gz")[:2560]
-    x = torch.nn.functional.pad((x.float() / 255 > 0.5).float()[:, None], (2, 2, 2, 2))
-    module = ScoreTrainingModule(prior.unet.float(), prior.sigma_min, prior.sigma_max)
-    with torch.no_grad():
-        losses = [
-            float(module.loss(module.unet, b.to(device), torch.Generator().manual_seed(i)))
-            for i, b in enumerate(x.split(256))
-        ]
     return {"val_loss": sum(losses) / len(losses), "fp16_max_abs_diff": max(scores["fp16_max_abs_diff"])}
 
 
@@ -157,8 +163,7 @@ def _timed_steps(step, steps: int, device: torch.device) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -211,7 +216,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
-    data_root = Path(os.environ.get("LIT_BLIND_DATA", REPO.parent / "shared" / "data"))
     py = [sys.executable]
     left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
     rows: list[tuple[str, str, float, str]] = []
@@ -238,7 +242,7 @@ def main() -> None:
     prior_dir = work / "mnist"
     t0 = time.perf_counter()
     try:
-        res = export(fit_dir, prior_dir, data_root, device)
+        res = export(fit_dir, prior_dir, device)
         rows.append(("export fp16", "ok", time.perf_counter() - t0,
                      f"val loss {res['val_loss']:.4f}, fp16 max |Δs| {res['fp16_max_abs_diff']:.2g}"))  # fmt: skip
     except Exception as err:  # noqa: BLE001 (the table reports any failure and the session goes on)

@@ -21,14 +21,14 @@ import torch
 
 from lit_blind.io import data_path
 from lit_blind.landscape import find_critical_point, hessian_spectrum, math_attention
+from lit_blind.probes.base import synchronize
 
 SHARED = data_path("../shared/data")
 
 
 def elapsed(t0: float, device: torch.device) -> float:
     """Wall-clock seconds since t0, after the device's queued work (a no-op wait on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 

@@ -39,6 +39,7 @@ from lit_blind.io import embedded_image
 from lit_blind.kernels import family
 from lit_blind.likelihood import potential, rademacher
 from lit_blind.physics import blur
+from lit_blind.probes.base import synchronize
 
 BASELINE = "scipy RK45 1e-5, VJP (authors)"
 METHODS = {
@@ -66,23 +67,17 @@ def load(name: str):
     return load_prior(name)
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a wall-clock interval covers it (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def per_call_ms(prior, size: int, batch: int, device: torch.device, repeats: int = 3) -> float:
     """Milliseconds per image of one network forward (no graph) at this batch size."""
     x = torch.rand(batch, prior.channels, size, size, device=device)
     s = torch.full((batch,), 0.1, device=device)
     with torch.no_grad():
         prior._score_unchecked(x, s)
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             prior._score_unchecked(x, s)
-        sync(device)
+        synchronize(device)
     return (time.perf_counter() - t0) / repeats / batch * 1e3
 
 
@@ -94,10 +89,10 @@ def profile(prior, x: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
 
     def timed(fn, key):
         def wrapper(*a, **k):
-            sync(x.device)
+            synchronize(x.device)
             t0 = time.perf_counter()
             out = fn(*a, **k)
-            sync(x.device)
+            synchronize(x.device)
             spent[key] += time.perf_counter() - t0
             return out
 
@@ -107,7 +102,7 @@ def profile(prior, x: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
     try:
         t0 = time.perf_counter()
         potential(prior, x, probes=u, **METHODS[BASELINE])
-        sync(x.device)
+        synchronize(x.device)
         total = time.perf_counter() - t0
     finally:
         del prior._score_unchecked
@@ -178,7 +173,7 @@ def main() -> None:
         for label, kw in METHODS.items():
             t0 = time.perf_counter()
             r = potential(prior, x, probes=u, **kw)
-            sync(device)
+            synchronize(device)
             rows[label].append((time.perf_counter() - t0, int(r.nfe[0]), float(r.value[0]) - ref))
             print(
                 f"{names[i]}: {label}: q − q_ref {rows[label][-1][2]:+.2f} nats, NFE {rows[label][-1][1]}", flush=True

@@ -84,6 +84,12 @@ def image_generator(seed: int, image_id: str) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(image_id.encode())) % 2**63)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock interval read next covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def hardware(device: torch.device) -> str:
     """A short description of where the computation ran."""
     if device.type == "cuda":

@@ -17,7 +17,7 @@ from lit_blind.kernels import KernelFamily, families_by_name
 from lit_blind.likelihood import SOLVERS, NonFiniteScoreError, potential, rademacher
 from lit_blind.physics import blur
 from lit_blind.priors import Prior
-from lit_blind.probes.base import Probe, hardware, image_generator
+from lit_blind.probes.base import Probe, hardware, image_generator, synchronize
 
 
 class BlurLikelihoodProbe(Probe):
@@ -241,19 +241,18 @@ class TimingProbe(Probe):
         sigma = torch.full(
             (1,), prior.sigma_min if self.solver_kw["sigma_eps"] is None else self.solver_kw["sigma_eps"]
         )
-        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
         with torch.no_grad():
             prior.score(x, sigma.to(x))  # warm-up
             times = []
             for _ in range(self.repeats):
-                sync()
+                synchronize(x.device)
                 t0 = time.perf_counter()
                 prior.score(x, sigma.to(x))
-                sync()
+                synchronize(x.device)
                 times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         res = potential(prior, x, generator=image_generator(self.seed, image_id), **self.solver_kw)
-        sync()
+        synchronize(x.device)
         yield {
             "image_id": image_id,
             "model_eval_seconds": sorted(times)[len(times) // 2],
