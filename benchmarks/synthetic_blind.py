@@ -14,7 +14,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
-        [--finest-edges 20] [--attention global] [--polish 0]
+        [--finest-edges 20] [--attention global] [--polish 0] [--polish-covariance denoiser]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lit_blind._limits import ATTENTIONS, SIGMA_Y_MAX
+from lit_blind._limits import ATTENTIONS, POLISH_COVARIANCES, SIGMA_Y_MAX
 from lit_blind.io import data_path, read_levin_kernels
 from lit_blind.loading import load_prior
 from lit_blind.marginal import marginal_em
@@ -106,6 +106,13 @@ def main() -> None:
         help="kernel steps on the final pass's image after the finest level (default: the engine's, 2; 0 before the "
         "twentieth session)",
     )
+    ap.add_argument(
+        "--polish-covariance",
+        default=None,
+        choices=POLISH_COVARIANCES,
+        help="the level of the polishing rounds' covariance term (default: the engine's, noise; denoiser before the "
+        "twenty-third session)",
+    )
     ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
@@ -118,7 +125,10 @@ def main() -> None:
     priors = {"diffusion": load_prior("natural-gray-small"), "gaussian": GaussianPrior()}
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
-    passed = "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish".split()
+    passed = (
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance"
+    )
+    passed = passed.split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)

@@ -312,6 +312,7 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"refine": -1}, "refine must be a non-negative integer"),
         ({"refine": 1.5}, "refine must be a non-negative integer"),
         ({"attention": "windowed"}, "attention must be one of"),
+        ({"polish_covariance": "prior"}, "polish_covariance must be one of"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -357,6 +358,25 @@ def test_annealing_ends_at_the_noise_level():
     assert marginal_em(y, prior, 5, sigma_end=0.03, **one).history["sigma"][-1] == pytest.approx(0.03)
     via_deblur = deblur(y, prior, kernel_size=5, sigma_y=0.02, em_options=one).history
     assert via_deblur["sigma_y"] == 0.02 and via_deblur["sigma"][-1] == pytest.approx(SIGMA_END_PER_NOISE * 0.02)
+
+
+def test_polishing_takes_the_covariance_term_at_the_noise_level_below_the_priors_floor():
+    """polish_covariance="noise" (the default): the polishing rounds' full trace is taken at SIGMA_END_PER_NOISE · σ_y
+    even where the denoiser's σ_t stop at the prior's sigma_min, so at σ_y = 0.001 (floor 0.005) the round's term is
+    (0.0014 / 0.005)² of the denoiser-level one under the same kernel (the trace is σ² times a function of h), and the
+    EM's own steps are untouched; where SIGMA_END_PER_NOISE · σ_y is above the floor the two agree exactly."""
+    y = add_noise(blur(_blocks(40, 40), _motion_kernel(5), "valid"), 0.001, torch.Generator().manual_seed(0))
+    one = dict(iters=2, inner=1, finest_inner=1, min_kernel=7, polish=1)  # one level, two steps, one round
+    prior = GaussianPrior(sigma_min=0.005)
+    noise = marginal_em(y, prior, 5, sigma_y=0.001, **one).history
+    denoiser = marginal_em(y, prior, 5, sigma_y=0.001, polish_covariance="denoiser", **one).history
+    assert noise["sigma"] == denoiser["sigma"] == pytest.approx([0.05, 0.005, 0.005], rel=1e-12)  # the denoiser's
+    assert noise["covariance"][:2] == denoiser["covariance"][:2]  # the EM's steps, so the same kernel to polish
+    ratio = (SIGMA_END_PER_NOISE * 0.001 / 0.005) ** 2
+    assert noise["covariance"][2] == pytest.approx(ratio * denoiser["covariance"][2], rel=1e-12)
+    above = [marginal_em(y, prior, 5, sigma_y=0.02, polish_covariance=v, **one) for v in ("noise", "denoiser")]
+    assert above[0].history["covariance"] == above[1].history["covariance"]
+    assert torch.equal(above[0].kernel, above[1].kernel)
 
 
 def test_rgb_noise_level_is_the_luminances():
@@ -535,8 +555,10 @@ def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monke
 
 def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
     """polish = r: after the finest level, r rounds of (the final pass from y under the current kernel, one HQS pair
-    per σ of the finest level's schedule; a kernel step on its image with finest_edges gradients and the last σ_t's
-    covariance trace, over every pixel as in the EM's own steps), then the final pass under the last kernel; each round's kernel in the
+    per σ of the finest level's schedule; a kernel step on its image with finest_edges gradients and the covariance
+    trace at the noise level, here the last σ_t (above the prior's floor; below it, see
+    test_polishing_takes_the_covariance_term_at_the_noise_level_below_the_priors_floor), over every pixel as in the
+    EM's own steps), then the final pass under the last kernel; each round's kernel in the
     history, each round an outer iteration of the finest level at the last σ_t in the history and to the callback,
     its denoiser calls counted; polish = 0 leaves the engine as it was."""
     steps = []
@@ -641,11 +663,15 @@ def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
 
 
 def test_a_kernel_on_the_border_of_its_support_is_reported():
+    """A photograph's noise (σ_y = 0.01): noise-free, the polishing rounds run without the covariance term (joint MAP
+    steps, module docstring, "Polishing at the noise level") and the estimate need not stay as wide."""
     x = _blocks(64, 64)
     h = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     h[0, 0, 4, :] = 1 / 9  # a 9-px motion blur, as wide as the support
-    res = marginal_em(blur(x, h, "valid"), GaussianPrior(), 9, init=h)  # warm start: the report, not the estimate
-    small = marginal_em(blur(x, _motion_kernel(5), "valid"), GaussianPrior(), 9)
+    gen = torch.Generator().manual_seed(0)
+    y = add_noise(blur(x, h, "valid"), 0.01, gen)
+    res = marginal_em(y, GaussianPrior(), 9, init=h)  # warm start: the report, not the estimate
+    small = marginal_em(add_noise(blur(x, _motion_kernel(5), "valid"), 0.01, gen), GaussianPrior(), 9)
     assert any("kernel size may be too small" in w for w in res.history["warnings"])
     assert small.history["warnings"] == []
 
