@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lit_blind._limits import COVARIANCES, SIGMA_Y_MAX
+from lit_blind._limits import COVARIANCES, POLISH_COVARIANCES, SIGMA_Y_MAX
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS = (
@@ -191,6 +191,14 @@ def deblur_parser() -> argparse.ArgumentParser:
         "(README, 'Polishing the kernel': a lower kernel error on synthetic blur, one success more on the Levin "
         "captures); 0 takes about 27%% less time (default: 2)",
     )
+    em_only.add_argument(
+        "--polish-covariance",
+        default=None,
+        choices=POLISH_COVARIANCES,
+        help="the level of the polishing's covariance term (README, 'Polishing at the photograph's noise level'): "
+        "noise (1.4 x the image's noise level, below the prior's sigma_min too; better on the real Levin captures) "
+        "or denoiser (the denoiser's last level, as before) (default: noise)",
+    )
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
     map_only.add_argument(
         "--preset",
@@ -231,7 +239,7 @@ def deblur_main(argv: list[str]) -> int:
     else:
         from lit_blind.deconv import preset
 
-        for flag in ("--covariance", "--refine", "--polish"):
+        for flag in ("--covariance", "--refine", "--polish", "--polish-covariance"):
             if getattr(args, _dest(flag)) is not None:
                 raise ValueError(f"{flag} applies to --algorithm em only, not to --algorithm {args.algorithm}")
         args.preset = args.preset or "fast"
@@ -387,7 +395,8 @@ def _deblur_em(args, y, prior, state: dict):
         raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
-    for name in ("covariance", "refine", "polish"):  # the engine's defaults, declared once, in its signature
+    for name in ("covariance", "refine", "polish", "polish_covariance"):  # the engine's defaults, declared once, in its
+        # signature
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
     with tqdm(desc="deblur (em)", unit="it") as bar:
@@ -401,7 +410,7 @@ def _deblur_em(args, y, prior, state: dict):
         noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # in place of the engine's estimate
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
-            callback=progress, **noise,
+            polish_covariance=args.polish_covariance, callback=progress, **noise,
         )  # fmt: skip
 
 

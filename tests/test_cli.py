@@ -92,6 +92,10 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--sigma-y", "0.9"], "--sigma-y must be in (0, 0.5]"),
         (["--boundary", "circular"], "--algorithm em needs --boundary valid"),
         (["--algorithm", "alternating", "--covariance", "kept"], "--covariance applies to --algorithm em only"),
+        (
+            ["--algorithm", "drs", "--polish-covariance", "denoiser"],
+            "--polish-covariance applies to --algorithm em only",
+        ),
         (["--algorithm", "drs", "--refine", "0"], "--refine applies to --algorithm em only"),
         (["--refine", "-1"], "--refine must be a non-negative integer, got -1"),
         (["--polish", "-2"], "--polish must be a non-negative integer, got -2"),
@@ -161,10 +165,11 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
     help_text = " ".join(deblur_parser().format_help().split())
-    for name in ("covariance", "refine", "polish"):
+    for name in ("covariance", "refine", "polish", "polish_covariance"):
         engine_default = inspect.signature(marginal_em).parameters[name].default
         assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
-        assert f"(default: {engine_default})" in help_text.split(f"--{name} ")[-1].split("--")[0]
+        flag = name.replace("_", "-")
+        assert f"(default: {engine_default})" in help_text.split(f"--{flag} ")[-1].split(" --")[0]
     assert "deblur (em)" in capsys.readouterr().err  # the progress bar
 
 
