@@ -106,8 +106,9 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   The pass adds 8 denoiser calls to the EM's 128.
 * **Polishing** (twentieth session): after the finest level, ``polish`` (2) rounds of a final pass under the current
   kernel (as in "Final image": x restarted from y, one HQS pair per σ of the finest level's schedule) and a kernel
-  step on its image, with the finest level's edge budget and the covariance term of the EM's own steps at the last
-  σ_t (the full trace by default). Within the finest level x is carried from one iteration to the next, so its image
+  step on its image, with the finest level's edge budget and the covariance term of the EM's own steps (the full
+  trace by default), at the last σ_t until the twenty-third session and at the photograph's noise level since
+  ("Polishing at the noise level" below). Within the finest level x is carried from one iteration to the next, so its image
   keeps the trace of the kernels before; the final pass's image depends on the current kernel only and is the
   better estimate of x ("Final image"): a kernel step on it is an EM step with a better E-step. A round costs the
   final pass's ``iters`` (8) denoiser calls. Measured (README, "Polishing the kernel"): on the 32 Levin captures
