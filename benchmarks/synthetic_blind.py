@@ -127,8 +127,7 @@ def main() -> None:
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
         "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance"
-    )
-    passed = passed.split()
+    ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)

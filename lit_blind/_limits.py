@@ -6,8 +6,6 @@ the library's own check can never disagree with it.
 
 SIGMA_Y_MAX = 0.5  # a noise σ above half the [0, 1] range leaves no image to deblur
 COVARIANCES = ("full", "kept", "tweedie", "hqs", "none")  # marginal_em's covariance terms (lit_blind.marginal)
-POLISH_COVARIANCES = (
-    "noise",
-    "denoiser",
-)  # the level of marginal_em's covariance term when polishing (lit_blind.marginal)
+# the level of marginal_em's covariance term when polishing (lit_blind.marginal)
+POLISH_COVARIANCES = ("noise", "denoiser")
 ATTENTIONS = ("local", "global")  # marginal_em's denoiser attention (Prior.local_attention or the network's own)

@@ -395,8 +395,8 @@ def _deblur_em(args, y, prior, state: dict):
         raise ValueError(f"--algorithm em needs --boundary valid, got {args.boundary!r}")
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
-    for name in ("covariance", "refine", "polish", "polish_covariance"):  # the engine's defaults, declared once, in its
-        # signature
+    # the engine's defaults, declared once, in its signature
+    for name in ("covariance", "refine", "polish", "polish_covariance"):
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
     with tqdm(desc="deblur (em)", unit="it") as bar:

@@ -707,10 +707,11 @@ def marginal_em(
         # the photograph's noise level ("Polishing at the noise level"); reported as further iterations of the finest
         # level at the last σ_t
         sig = float(sigmas[-1, -1])
+        csig = noise_end if polish_covariance == "noise" else sig
         for r in range(int(polish)):
             x = final_pass(y, h)
             evals += sigmas.shape[1]
-            c, gv, evals = covariance_term(h, x, x, sig, noise_end if polish_covariance == "noise" else sig, evals)
+            c, gv, evals = covariance_term(h, x, x, sig, csig, evals)
             kept = covariance == "kept"
             h = kernel_step(x, y, k, c, finest_edges, kept, gv, edge_window, prune_mass=prune_mass)
             hist["polish"].append(h.cpu())

@@ -169,7 +169,7 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
         engine_default = inspect.signature(marginal_em).parameters[name].default
         assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
         flag = name.replace("_", "-")
-        assert f"(default: {engine_default})" in help_text.split(f"--{flag} ")[-1].split(" --")[0]
+        assert f"(default: {engine_default})" in help_text.split(f"--{flag} ")[-1].split("--")[0]
     assert "deblur (em)" in capsys.readouterr().err  # the progress bar
 
 
