@@ -113,7 +113,12 @@ def main() -> None:
         help="the level of the polishing rounds' covariance term (default: the engine's, noise; denoiser before the "
         "twenty-third session)",
     )
-    ap.add_argument("--init", default="large", choices=["large", "small"], help="the coarsest kernel of the EM")
+    ap.add_argument(
+        "--init",
+        default=None,
+        choices=["large", "small", "both"],
+        help="the coarsest kernel of the EM (default: the engine's; both: a run from each, the sharper result kept)",
+    )
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
         ap.error(f"--noise must be in (0, {SIGMA_Y_MAX}], got {args.noise}")
@@ -126,13 +131,13 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance init"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):
         y, x, h, j = problem(name, n % 4, args.noise)
         for label, (prior, options) in configs.items():
-            res = marginal_em(y, priors[prior], 31, init=args.init, **options, **engine)
+            res = marginal_em(y, priors[prior], 31, **options, **engine)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))
             print(f"{name} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}")
     print("| method | images | ER ≤ 3 | mean ER | median ER | mean kernel error | median kernel error |")

@@ -17,6 +17,10 @@ from lit_blind.priors import Prior
 ALGORITHMS = ("em", "alternating", "drs")
 
 
+# the initialisation of Algorithms 1–2 when deblur's init is None: the paper's remedy for the no-blur trap (§5)
+PAPER_INIT = "large"
+
+
 def deblur(
     y: Tensor,
     prior: Prior | str,
@@ -24,7 +28,7 @@ def deblur(
     algorithm: str = "em",
     family: str | KernelFamily = "simplex",
     kernel_size: int = 31,
-    init: str | Tensor = "large",
+    init: str | Tensor | None = None,
     boundary: str | None = None,
     theta0: Tensor | None = None,
     theta_ref: Tensor | None = None,
@@ -47,7 +51,9 @@ def deblur(
 
     ``algorithm="em"`` (the default, for real photographs): :func:`~lit_blind.marginal.marginal_em`,
     coarse-to-fine EM with the prior's denoiser, valid boundary, options in ``em_options``; an RGB ``y`` with a
-    gray prior stays RGB; ``init`` may also be a ``(1, 1, kernel_size, kernel_size)`` kernel there (a warm start);
+    gray prior stays RGB; ``init`` there is ``both`` (the default: the EM from the large and from the small
+    initialisation, the result with the sharper image kept; :func:`~lit_blind.marginal.marginal_em`), ``large``,
+    ``small`` or a ``(1, 1, kernel_size, kernel_size)`` kernel (a warm start);
     ``sigma_y``, the noise level of ``y``, is estimated from ``y`` when None and ends the EM's annealing. The
     other parameters from ``theta0`` to ``preset`` belong to the paper's algorithms and are an error with
     ``"em"``; left None they take the values of ``preset`` (:data:`lit_blind.deconv.PRESETS`: ``"paper"``, the
@@ -55,7 +61,7 @@ def deblur(
 
     Otherwise minimises :math:`\tfrac12\|h_\theta\star x - y\|^2 + \sigma_y^2 q(x)` by Algorithm 1
     (``algorithm="alternating"``) or Algorithm 2 (``"drs"``) from
-    the ``large`` (the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀
+    the ``large`` (the default; the paper's remedy for the no-blur trap) or ``small`` initialisation, or an explicit θ₀
     (for the coarsest kernel when ``scales`` > 1). ``family`` is a name of :func:`~lit_blind.kernels.family`
     (sized by ``kernel_size``, options in ``family_kw``) or a :class:`~lit_blind.kernels.KernelFamily` instance.
     ``prior`` is a :class:`Prior` or a :func:`~lit_blind.loading.load_prior` spec.
@@ -86,7 +92,8 @@ def deblur(
     check_algorithm_settings(algorithm, paper, em_options)
     if algorithm == "em":
         em_options = (em_options or {}) | ({} if sigma_y is None else {"sigma_y": sigma_y})
-        return _deblur_em(y, prior, family, kernel_size, init, boundary or "valid", callback, em_options)
+        start = {} if init is None else {"init": init}  # None: the engine's own default
+        return _deblur_em(y, prior, family, kernel_size, boundary or "valid", callback, em_options | start)
     y = check_image("y", y, channels=prior.channels)
     settings = {
         k: v if paper[k] is None else paper[k] for k, v in preset_settings(preset or "paper", algorithm).items()
@@ -100,7 +107,7 @@ def deblur(
             )
         kernel_size = family.size
     return coarse_to_fine(
-        algorithm, y, prior, family, kernel_size, init=init, theta0=theta0, theta_ref=theta_ref, scales=scales,
+        algorithm, y, prior, family, kernel_size, init=PAPER_INIT if init is None else init, theta0=theta0, theta_ref=theta_ref, scales=scales,
         family_kw=family_kw, sigma_denoiser=sigma_denoiser, callback=callback, boundary=boundary or "circular",
         **settings,
     )  # fmt: skip
@@ -119,11 +126,11 @@ def check_algorithm_settings(algorithm: str, paper: dict, em_options: dict | Non
         raise ValueError(f"em_options apply to algorithm='em' only, got algorithm={algorithm!r}")
 
 
-def _deblur_em(y, prior, family, kernel_size, init, boundary, callback, options) -> DeblurResult:
+def _deblur_em(y, prior, family, kernel_size, boundary, callback, options) -> DeblurResult:
     """``algorithm="em"``: :func:`~lit_blind.marginal.marginal_em` (free-form kernel, valid boundary, its own
     coarse-to-fine pyramid and initialisation)."""
     if family != "simplex":
         raise ValueError(f"algorithm='em' estimates a free-form kernel: family must be 'simplex', got {family!r}")
     if boundary != "valid":
         raise ValueError(f"algorithm='em' works on real photographs: boundary must be 'valid', got {boundary!r}")
-    return marginal_em(y, prior, kernel_size, init=init, callback=callback, **options)
+    return marginal_em(y, prior, kernel_size, callback=callback, **options)

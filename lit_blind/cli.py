@@ -146,9 +146,10 @@ def deblur_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--init",
-        default="large",
-        choices=["large", "small"],
-        help="kernel initialisation: uniform over the support / small box (default: %(default)s)",
+        default=None,
+        choices=["both", "large", "small"],
+        help="kernel initialisation: uniform over the support / small box / both (--algorithm em: the EM from each, "
+        "the sharper result kept) (default: both with --algorithm em, large otherwise)",
     )
     ap.add_argument(
         "--algorithm",
@@ -307,6 +308,8 @@ def deblur_main(argv: list[str]) -> int:
     summary["warnings"] = res.history.get("warnings", [])
     if args.algorithm == "em":  # the noise level the EM used (its luminance's for RGB) and where σ_t ended
         summary |= {"em_sigma_y": res.history["sigma_y"], "em_sigma_end": res.history["sigma"][-1]}
+        if "chosen" in res.history:  # --init both: the start whose result was kept
+            summary["em_init_kept"] = res.history["chosen"]
     for warning in summary["warnings"]:
         print(f"lit-blind: warning: {warning}", file=sys.stderr)
     _write_outputs(out, y, res.image, res.kernel, summary)
@@ -396,7 +399,7 @@ def _deblur_em(args, y, prior, state: dict):
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
     # the engine's defaults, declared once, in its signature
-    for name in ("covariance", "refine", "polish", "polish_covariance"):
+    for name in ("init", "covariance", "refine", "polish", "polish_covariance"):
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
     with tqdm(desc="deblur (em)", unit="it") as bar:
@@ -418,8 +421,9 @@ def _deblur_map(args, y, prior, state: dict):
     """``--algorithm alternating|drs``: Algorithm 1 / 2 through :func:`~lit_blind.api.deblur`."""
     from tqdm import tqdm
 
-    from lit_blind.api import deblur
+    from lit_blind.api import PAPER_INIT, deblur
 
+    args.init = args.init or PAPER_INIT  # recorded in result.json's settings
     settings = {name: getattr(args, _dest(flag)) for flag, _, name, _ in MAP_OPTIONS}
     if settings["gamma_theta"] != "armijo":  # a str when given on the command line
         settings["gamma_theta"] = float(settings["gamma_theta"])

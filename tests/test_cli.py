@@ -20,7 +20,7 @@ from lit_blind.cli import deblur_parser, main
 from lit_blind.demo import camera
 from lit_blind.io import read_image, write_image
 from lit_blind.kernels import family
-from lit_blind.marginal import POLISH, REFINE, SIGMA_END_PER_NOISE, marginal_em, pyramid
+from lit_blind.marginal import POLISH, REFINE, SIGMA_END_PER_NOISE, STARTS, marginal_em, pyramid
 from lit_blind.physics import blur
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +96,7 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
             ["--algorithm", "drs", "--polish-covariance", "denoiser"],
             "--polish-covariance applies to --algorithm em only",
         ),
+        (["--algorithm", "alternating", "--init", "both"], "--init must be one of"),
         (["--algorithm", "drs", "--refine", "0"], "--refine applies to --algorithm em only"),
         (["--refine", "-1"], "--refine must be a non-negative integer, got -1"),
         (["--polish", "-2"], "--polish must be a non-negative integer, got -2"),
@@ -175,18 +176,19 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
 
 def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
     """--covariance tweedie: the per-pixel variance costs two denoiser calls per kernel step more (every outer
-    iteration and every polishing round)."""
+    iteration and every polishing round of each of the two runs of the default --init both)."""
     evals = {}
     for choice in ("full", "tweedie"):
         out = tmp_path / choice
         args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", choice]
         assert main([*args, "--out", str(out)]) == 0
         result = json.loads((out / "result.json").read_text())
-        assert result["settings"]["covariance"] == choice
+        assert result["settings"]["covariance"] == choice and result["settings"]["init"] == "both"
+        assert result["em_init_kept"] in STARTS
         evals[choice] = result["score_evals"]
     defaults = inspect.signature(marginal_em).parameters
     outer = defaults["iters"].default * len(pyramid(7, 5)) + defaults["polish"].default
-    assert evals["tweedie"] == evals["full"] + 2 * outer
+    assert evals["tweedie"] == evals["full"] + 2 * outer * len(STARTS)
 
 
 def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
@@ -205,6 +207,7 @@ def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
     args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", "hqs"]
     assert main([*args, "--sigma-y", "0.02", "--refine", "0", "--polish", "0", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    calls = [c for c in calls if c["init"] == "both"]  # the CLI's calls, not the engine's run from each start
     assert calls[0]["sigma_y"] == 0.02 and "sigma_y" not in calls[1]
     assert calls[0]["refine"] == 0 and calls[1]["refine"] == REFINE  # --refine reaches the engine
     assert calls[0]["polish"] == 0 and calls[1]["polish"] == POLISH  # so does --polish

@@ -15,6 +15,7 @@ from lit_blind.marginal import (
     e_step,
     edge_usefulness,
     gradient_covariance_trace,
+    gradient_sparsity,
     kernel_normal_equations,
     kernel_step,
     marginal_em,
@@ -216,7 +217,7 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
     y = blur(x, h_true, "valid")
     y = y + 0.005 * torch.randn(y.shape, generator=g, dtype=y.dtype)
     seen = []
-    res = marginal_em(y, GaussianPrior(), k, callback=seen.append)
+    res = marginal_em(y, GaussianPrior(), k, init="large", callback=seen.append)
     assert res.kernel.shape == (1, 1, k, k) and res.image.shape == (1, 1, 96, 96)
     finest = res.history["level"].count(max(res.history["level"]))
     assert len(seen) == len(res.history["sigma"])
@@ -224,6 +225,44 @@ def test_marginal_em_beats_the_no_blur_kernel_with_the_analytic_prior():
     polish_and_final = iters * (marginal.POLISH + 1)  # one final pass (iters pairs) per round and at the end
     assert res.history["score_evals"][-1] == 2 * (len(seen) - finest) + FINEST_INNER * iters + polish_and_final
     assert kernel_error(res.kernel, h_true) < kernel_error(dirac(k, torch.float64), h_true) - 0.1
+
+
+def test_gradient_sparsity_is_scale_free_and_lower_for_the_sharp_image():
+    x = _blocks(64, 64)
+    assert gradient_sparsity(3 * x) == pytest.approx(gradient_sparsity(x), rel=1e-12)
+    blurred = blur(x, gaussian_kernel(9, 1.5, torch.float64), "valid")
+    assert gradient_sparsity(blurred) > 1.2 * gradient_sparsity(x[..., 4:-4, 4:-4])
+    # an RGB image scores its luminance
+    rgb = torch.cat([x, 0.5 * x, x.flip(-1)], 1)
+    lum = 0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]
+    assert gradient_sparsity(rgb) == pytest.approx(gradient_sparsity(lum), rel=1e-9)
+
+
+def test_both_starts_keep_the_run_with_the_sparser_image():
+    """init="both": the EM from each start with the same options; the kept kernel and image are those of the run
+    whose image (on y's grid) has the lower gradient sparsity, and the history holds both runs' iterations."""
+    k = 7
+    y = blur(_blocks(56, 56, seed=2), _motion_kernel(k), "valid")
+    y = y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=y.dtype)
+    options = dict(iters=2, polish=1)
+    runs = {start: marginal_em(y, GaussianPrior(), k, init=start, **options) for start in ("large", "small")}
+    seen = []
+    res = marginal_em(y, GaussianPrior(), k, init="both", callback=seen.append, **options)
+    sparsity = {
+        start: gradient_sparsity(r.image[..., k // 2 : -(k // 2), k // 2 : -(k // 2)]) for start, r in runs.items()
+    }
+    assert sparsity["large"] != sparsity["small"]
+    best = min(sparsity, key=sparsity.get)
+    assert res.history["chosen"] == best
+    assert torch.equal(res.kernel, runs[best].kernel) and torch.equal(res.image, runs[best].image)
+    for start, r in runs.items():
+        assert torch.equal(res.history["starts"][start]["kernel"], r.kernel)
+        assert res.history["starts"][start]["sparsity"] == pytest.approx(sparsity[start], rel=1e-12)
+    n = len(runs["large"].history["level"])
+    assert res.history["init"] == ["large"] * n + ["small"] * len(runs["small"].history["level"])
+    assert res.history["score_evals"][-1] == sum(r.history["score_evals"][-1] for r in runs.values())
+    assert len(seen) == len(res.history["level"]) and {s["total"] for s in seen} == {2 * n}
+    assert [s["init"] for s in seen] == res.history["init"]
 
 
 def test_long_e_step_explains_the_photograph_under_the_true_kernel_and_not_under_a_wider_one():
@@ -301,6 +340,7 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"sigma_start": 0.01, "sigma_end": 0.02}, "sigma_end must not exceed"),
         ({"iters": 0}, "iters must be a positive integer"),
         ({"init": "oracle"}, "init must be one of"),
+        ({"init": "both", "iters": 0}, "iters must be a positive integer"),
         ({"init": torch.ones(1, 1, 7, 7, dtype=torch.float64)}, r"non-negative \(1, 1, 9, 9\) kernel"),
         ({"init": -torch.ones(1, 1, 9, 9, dtype=torch.float64)}, "positive sum"),
         ({"covariance": "sampled"}, "covariance must be one of"),
@@ -346,7 +386,8 @@ def test_annealing_ends_at_the_noise_level():
     """sigma_end=None: σ_t ends at SIGMA_END_PER_NOISE · σ_y, at least the prior's sigma_min and at most
     sigma_start; σ_y is estimated from y when not given, and deblur passes its sigma_y to the EM."""
     y = add_noise(blur(_blocks(40, 40), _motion_kernel(5), "valid"), 0.02, torch.Generator().manual_seed(0))
-    one = dict(iters=2, inner=1, finest_inner=1, min_kernel=7, polish=0)  # a 5×5 kernel below min_kernel: one level
+    # a 5×5 kernel below min_kernel: one level
+    one = dict(init="large", iters=2, inner=1, finest_inner=1, min_kernel=7, polish=0)
     prior = GaussianPrior(sigma_min=0.005)
     for sigma_y, end in ((0.02, SIGMA_END_PER_NOISE * 0.02), (0.001, 0.005), (0.2, 0.05)):
         res = marginal_em(y, prior, 5, sigma_y=sigma_y, **one)
@@ -366,7 +407,8 @@ def test_polishing_takes_the_covariance_term_at_the_noise_level_below_the_priors
     (0.0014 / 0.005)² of the denoiser-level one under the same kernel (the trace is σ² times a function of h), and the
     EM's own steps are untouched; where SIGMA_END_PER_NOISE · σ_y is above the floor the two agree exactly."""
     y = add_noise(blur(_blocks(40, 40), _motion_kernel(5), "valid"), 0.001, torch.Generator().manual_seed(0))
-    one = dict(iters=2, inner=1, finest_inner=1, min_kernel=7, polish=1)  # one level, two steps, one round
+    # one level, two steps, one round
+    one = dict(init="large", iters=2, inner=1, finest_inner=1, min_kernel=7, polish=1)
     prior = GaussianPrior(sigma_min=0.005)
     noise = marginal_em(y, prior, 5, sigma_y=0.001, **one).history
     denoiser = marginal_em(y, prior, 5, sigma_y=0.001, polish_covariance="denoiser", **one).history
@@ -414,7 +456,7 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
 
     monkeypatch.setattr(marginal, "_e_step", spy)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    res = marginal_em(y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5, polish=0)
+    res = marginal_em(y, GaussianPrior(), 7, init="large", iters=2, inner=1, finest_inner=3, min_kernel=5, polish=0)
     levels = len(pyramid(7, 5))
     final = [(7, 1, 1)] * 2  # the final pass: one pair per σ of the finest level's schedule
     assert levels > 1 and calls == [(5, 1, 1)] * 2 * (levels - 1) + [(7, 1, 3)] * 2 + final
@@ -425,7 +467,7 @@ def test_the_finest_level_runs_finest_inner_pairs_per_e_step(monkeypatch):
     torch.testing.assert_close(res.image, x, rtol=0, atol=1e-12)
     calls.clear()
     rgb = torch.cat([y, 0.8 * y, 1 - y], 1)
-    res = marginal_em(rgb, GaussianPrior(), 7, iters=2, inner=1, finest_inner=3, min_kernel=5, polish=0)
+    res = marginal_em(rgb, GaussianPrior(), 7, init="large", iters=2, inner=1, finest_inner=3, min_kernel=5, polish=0)
     assert calls[-4:] == [(7, 1, 3)] * 2 + [(7, 3, 1)] * 2  # the finest level on the luminance, then the channels
     assert res.history["score_evals"][-1] == 2 * (levels - 1) + 6 + 2
     with pytest.raises(ValueError, match="finest_inner must be a positive integer, got 0"):
@@ -445,12 +487,22 @@ def test_the_finest_levels_kernel_steps_keep_finest_edges_gradients(monkeypatch)
     monkeypatch.setattr(marginal, "kernel_step", spy)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
     marginal_em(
-        y, GaussianPrior(), 7, iters=2, inner=1, finest_inner=1, min_kernel=5, edges=3, finest_edges=5, polish=0
+        y,
+        GaussianPrior(),
+        7,
+        init="large",
+        iters=2,
+        inner=1,
+        finest_inner=1,
+        min_kernel=5,
+        edges=3,
+        finest_edges=5,
+        polish=0,
     )
     levels = len(pyramid(7, 5))
     assert levels > 1 and seen == [(5, 3)] * 2 * (levels - 1) + [(7, 5)] * 2
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, min_kernel=7)
+    marginal_em(y, GaussianPrior(), 7, init="large", iters=1, inner=1, finest_inner=1, min_kernel=7)
     assert seen == [(7, marginal.FINEST_EDGES)] * (1 + marginal.POLISH)  # the polishing keeps the finest budget
 
     def count(gs, *args, **kw):  # the kept pixels, from the masked gradients the normal equations receive
@@ -515,7 +567,7 @@ def test_the_kernel_step_fits_the_chosen_image_of_the_e_step(monkeypatch, kernel
     monkeypatch.setattr(marginal, "_e_step", spy_e)
     monkeypatch.setattr(marginal, "kernel_step", spy_k)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    opts = dict(iters=2, inner=2, finest_inner=2, min_kernel=5, polish=0)
+    opts = dict(init="large", iters=2, inner=2, finest_inner=2, min_kernel=5, polish=0)
     marginal_em(y, GaussianPrior(), 7, kernel_image=kernel_image, **opts)
     assert len(fitted) == len(images) - 2  # the final pass (2 σ) runs no kernel step
     for (z, xp), f in zip(images, fitted, strict=False):
@@ -537,18 +589,22 @@ def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monke
 
     monkeypatch.setattr(marginal, "kernel_step", spy)
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    res = marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=2, polish=0)
+    res = marginal_em(y, GaussianPrior(), 7, init="large", iters=3, inner=1, min_kernel=5, refine=2, polish=0)
     coarse = 3 * (len(marginal.pyramid(7, 5)) - 1)  # kernel steps on the coarser levels
     assert seen[coarse:] == [(7, False), (7, True), (7, True)] and not any(m for _, m in seen[:coarse])
     assert res.history["covariance"][-1] > 0  # the trace is still computed; the kernel step scales it
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=0, polish=0)
+    marginal_em(y, GaussianPrior(), 7, init="large", iters=3, inner=1, min_kernel=5, refine=0, polish=0)
     assert not any(m for _, m in seen)
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=3, inner=1, min_kernel=5, refine=3, covariance="kept", polish=0)
+    marginal_em(
+        y, GaussianPrior(), 7, init="large", iters=3, inner=1, min_kernel=5, refine=3, covariance="kept", polish=0
+    )
     assert all(m for _, m in seen)
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, min_kernel=5, refine=2, polish=0)  # fewer steps than refine
+    marginal_em(
+        y, GaussianPrior(), 7, init="large", iters=1, inner=1, min_kernel=5, refine=2, polish=0
+    )  # fewer steps than refine
     assert seen[-1] == (7, True) and not any(m for _, m in seen[:-1])
     assert marginal.REFINE == 2
 
@@ -571,7 +627,7 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
 
     monkeypatch.setattr(marginal, "kernel_step", spy)
     y = add_noise(blur(_blocks(48, 48), _motion_kernel(7), "valid"), 0.01, torch.Generator().manual_seed(0))
-    opts = dict(iters=2, inner=1, finest_inner=1, min_kernel=5, finest_edges=5)
+    opts = dict(init="large", iters=2, inner=1, finest_inner=1, min_kernel=5, finest_edges=5)
     base = marginal_em(y, GaussianPrior(), 7, polish=0, **opts)
     n = len(steps)
     assert base.history["polish"] == []
@@ -679,7 +735,7 @@ def test_a_kernel_on_the_border_of_its_support_is_reported():
 def test_deblur_defaults_to_em_on_the_valid_domain():
     y = blur(_blocks(48, 40), _motion_kernel(7), "valid")
     res = deblur(y, GaussianPrior(), kernel_size=7)
-    direct = marginal_em(y, GaussianPrior(), 7, init="large")
+    direct = marginal_em(y, GaussianPrior(), 7)
     assert res.image.shape == (1, 1, 48, 40) and torch.equal(res.kernel, direct.kernel)
 
 

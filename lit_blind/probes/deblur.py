@@ -62,7 +62,7 @@ class DeblurProbe(Probe):
         em_options: dict | None = None,
     ) -> None:
         for init in inits:
-            check_choice("init", init, ("large", "small", "oracle"))
+            check_choice("init", init, ("large", "small", "both", "oracle"))
         if "oracle" in inits and scales not in (None, 1):
             raise ValueError(f"init 'oracle' starts the finest scale: it needs scales=1, got scales={scales}")
         self.inits = list(inits)
