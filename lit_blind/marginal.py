@@ -141,6 +141,16 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   against 27/32, 2.18, 0.556 from the large initialisation (a lower error ratio on 25 of 32) and 29/32, 2.02, 0.538
   against 29/32, 2.13, 0.558 from the small one; on BSD68 at σ_y = 0.003 (first 8) 4/8, mean ER 2.82, kernel error 0.449 against
   4/8, 2.85, 0.438 (the kernel error higher on 7 of 8, the error ratio lower on 4).
+* **Two starts** (twenty-fourth session): ``init="both"`` (the default) runs all of the above from the ``large`` and
+  from the ``small`` initialisation and keeps the result whose final image has the lower :func:`gradient_sparsity`
+  ‖∇x‖₁/‖∇x‖₂ (Krishnan, Tay & Fergus 2011: lowest for a sharp image, raised by blur and by the ringing of a wrong
+  kernel, the same for any scaling of x). The two starts lead to kernels that differ on most Levin captures,
+  neither better across the board, and a capture's outcome is decided at the coarse levels, where it is sensitive
+  (a 12 % lower σ_t there turned im2_kernel2's 7×7 kernel into a horizontal bar: README). Nothing is tuned; it
+  doubles the cost. Measured (README, "Two starts, the sharper result kept"): on the 32 Levin captures 29/32 at
+  ER ≤ 3, mean ER 1.99, kernel error 0.528 against 27/32, 2.11, 0.536 from the large start and 29/32, 2.03, 0.538
+  from the small one; on BSD68 (first 8) at σ_y = 0.01 8/8, 1.60, 0.445 against 8/8, 1.64, 0.449 (large) and at
+  σ_y = 0.003 5/8, 2.69, 0.415 against 4/8, 2.82, 0.449.
 * **Coarse to fine**: image scales (√½)^l down to a kernel of ``min_kernel`` pixels; each kernel is stretched
   by the scale ratio to start the next finer level; x restarts from y at every level. ``warm_image=True`` starts
   each finer level's image from the coarser level's instead (its interior upsampled, replicate-padded), as issue 11
