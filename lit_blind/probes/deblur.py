@@ -33,6 +33,8 @@ class DeblurProbe(Probe):
     The estimates are kept beside ``results.jsonl`` (``estimates/<image_id>_<init>_kernel.npy`` and
     ``..._image.png``), so that a row can be re-scored without rerunning the blind method.
 
+    Inits ``"large"`` and ``"small"`` are the paper's two initialisations; ``"both"`` (EM only, the engine's default)
+    runs the EM from each and keeps the sharper result (:func:`~lit_blind.marginal.marginal_em`).
     Init ``"oracle"`` (a diagnostic, not a method) starts from the ground-truth kernel, centred in
     ``kernel_size`` (Algorithms 1–2: θ₀; EM: ``init``, resized to the coarsest level of its pyramid — with
     ``em_options={"min_kernel": kernel_size}`` the finest level alone): whether the algorithm keeps it tells an
