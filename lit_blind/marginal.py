@@ -225,6 +225,8 @@ POLISH = 2
 # init="both" runs the EM from each of these starts, the paper's two initialisations (§5), and keeps the result whose
 # image has the lower gradient_sparsity (module docstring, "Two starts")
 STARTS = ("large", "small")
+# the history entries of marginal_em recorded once per outer iteration
+ITERATION_KEYS = ("level", "sigma", "covariance", "data_fidelity", "score_evals", "seconds")
 # gradients the kernel step keeps at the finest level, in units of 4k (``edges`` at the coarser ones; module docstring,
 # "Finest level")
 FINEST_EDGES = 40.0
@@ -491,7 +493,7 @@ def gradient_sparsity(x: Tensor) -> float:
     ``(1, C, H, W)`` (the luminance of an RGB one), ∇ the horizontal and vertical differences stacked: lower for a
     sharper image with fewer artefacts, the same for any scaling of x — no constant (module docstring, "Two
     starts")."""
-    g = torch.cat([d.flatten() for d in image_gradient(to_channels(x, 1) if x.shape[1] == 3 else x)])
+    g = torch.cat([d.flatten() for d in image_gradient(to_channels(x, 1))])
     return float(g.abs().sum() / g.norm())
 
 
@@ -501,8 +503,7 @@ def _best_start(y: Tensor, prior: Prior, kernel_size: int, callback: Callable | 
     order (``score_evals`` and ``seconds`` counted from the start of the first, ``init`` per entry), the chosen
     run's ``scales``, ``polish``, ``sigma_y`` and ``warnings``, ``chosen`` (the start kept) and ``starts`` (per start:
     ``sparsity``, ``kernel``, ``score_evals``)."""
-    runs, hist = {}, {key: [] for key in ("level", "sigma", "covariance", "data_fidelity", "score_evals", "seconds")}
-    hist["init"], evals, seconds = [], 0, 0.0
+    runs, hist, c = {}, {key: [] for key in (*ITERATION_KEYS, "init")}, kernel_size // 2
     for start in STARTS:
         relay = None
         if callback is not None:  # each run's progress, the total over both
@@ -511,14 +512,12 @@ def _best_start(y: Tensor, prior: Prior, kernel_size: int, callback: Callable | 
                 callback(state | {"init": start, "total": len(STARTS) * state["total"]})
 
         res = marginal_em(y, prior, kernel_size, init=start, callback=relay, **options)
-        c = kernel_size // 2
         runs[start] = (gradient_sparsity(res.image[..., c:-c, c:-c]), res)
-        for key in ("level", "sigma", "covariance", "data_fidelity"):
-            hist[key] += res.history[key]
-        hist["score_evals"] += [evals + v for v in res.history["score_evals"]]
-        hist["seconds"] += [seconds + v for v in res.history["seconds"]]
+        # score_evals and seconds continue from the previous run's last entry
+        offset = {key: hist[key][-1] if hist[key] else 0 for key in ("score_evals", "seconds")}
+        for key in ITERATION_KEYS:
+            hist[key] += [offset[key] + v for v in res.history[key]] if key in offset else res.history[key]
         hist["init"] += [start] * len(res.history["level"])
-        evals, seconds = hist["score_evals"][-1], hist["seconds"][-1]
     best = min(STARTS, key=lambda start: runs[start][0])
     res = runs[best][1]
     hist |= {key: res.history[key] for key in ("scales", "polish", "sigma_y", "warnings")}
@@ -650,7 +649,7 @@ def marginal_em(
                 f"positive sum, got shape {tuple(init.shape)} and sum {float(init.sum()):.3g}"
             )
     else:
-        check_choice("init", init, ("small", "large", "both"))
+        check_choice("init", init, (*STARTS, "both"))
     check_choice("covariance", covariance, COVARIANCES)
     check_choice("polish_covariance", polish_covariance, POLISH_COVARIANCES)
     check_choice("kernel_image", kernel_image, ("hqs", "denoised"))
@@ -686,7 +685,7 @@ def marginal_em(
         sigma_end = annealing_end(prior, sigma_y, sigma_start)
     levels = pyramid(int(kernel_size), int(min_kernel))
     sigmas = sigma_schedule(len(levels), int(iters), sigma_start, sigma_end)
-    hist: dict = {"level": [], "sigma": [], "covariance": [], "data_fidelity": [], "score_evals": [], "seconds": []}
+    hist: dict = {key: [] for key in ITERATION_KEYS}
     hist |= {"scales": [], "polish": [], "sigma_y": sigma_y}
     noise_gen = torch.Generator().manual_seed(0)
 
