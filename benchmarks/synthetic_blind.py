@@ -15,6 +15,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
         [--finest-edges 20] [--attention global] [--polish 0] [--polish-covariance denoiser]
+        [--precision 32-true]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lit_blind._limits import ATTENTIONS, POLISH_COVARIANCES, SIGMA_Y_MAX
+from lit_blind._limits import ATTENTIONS, POLISH_COVARIANCES, PRECISIONS, SIGMA_Y_MAX
 from lit_blind.io import data_path, read_levin_kernels
 from lit_blind.loading import load_prior
 from lit_blind.marginal import marginal_em
@@ -119,6 +120,12 @@ def main() -> None:
         choices=["large", "small", "both"],
         help="the coarsest kernel of the EM (default: the engine's; both: a run from each, the sharper result kept)",
     )
+    ap.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="the prior network's arithmetic (default: the engine's; 32-true before the twenty-fifth session)",
+    )
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
         ap.error(f"--noise must be in (0, {SIGMA_Y_MAX}], got {args.noise}")
@@ -131,7 +138,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance init"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance init precision"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

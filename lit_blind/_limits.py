@@ -9,3 +9,5 @@ COVARIANCES = ("full", "kept", "tweedie", "hqs", "none")  # marginal_em's covari
 # the level of marginal_em's covariance term when polishing (lit_blind.marginal)
 POLISH_COVARIANCES = ("noise", "denoiser")
 ATTENTIONS = ("local", "global")  # marginal_em's denoiser attention (Prior.local_attention or the network's own)
+# a prior's arithmetic inside Prior.precision, Lightning's names; "auto": bf16-mixed where the device runs bfloat16 natively
+PRECISIONS = ("auto", "32-true", "bf16-mixed")

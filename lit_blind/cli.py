@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lit_blind._limits import COVARIANCES, POLISH_COVARIANCES, SIGMA_Y_MAX
+from lit_blind._limits import COVARIANCES, POLISH_COVARIANCES, PRECISIONS, SIGMA_Y_MAX
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS = (
@@ -200,6 +200,13 @@ def deblur_parser() -> argparse.ArgumentParser:
         "noise (1.4 x the image's noise level, below the prior's sigma_min too; better on the real Levin captures) "
         "or denoiser (the denoiser's last level, as before) (default: noise)",
     )
+    em_only.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="the prior network's arithmetic (README, 'The denoiser in bfloat16'): auto (bf16-mixed where the CPU or GPU "
+        "computes in bfloat16 natively, else 32-true), 32-true or bf16-mixed (default: auto)",
+    )
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
     map_only.add_argument(
         "--preset",
@@ -240,7 +247,7 @@ def deblur_main(argv: list[str]) -> int:
     else:
         from lit_blind.deconv import preset
 
-        for flag in ("--covariance", "--refine", "--polish", "--polish-covariance"):
+        for flag in ("--covariance", "--refine", "--polish", "--polish-covariance", "--precision"):
             if getattr(args, _dest(flag)) is not None:
                 raise ValueError(f"{flag} applies to --algorithm em only, not to --algorithm {args.algorithm}")
         args.preset = args.preset or "fast"
@@ -308,6 +315,7 @@ def deblur_main(argv: list[str]) -> int:
     summary["warnings"] = res.history.get("warnings", [])
     if args.algorithm == "em":  # the noise level the EM used (its luminance's for RGB) and where σ_t ended
         summary |= {"em_sigma_y": res.history["sigma_y"], "em_sigma_end": res.history["sigma"][-1]}
+        summary["em_precision"] = res.history["precision"]  # what --precision auto resolved to
         if "chosen" in res.history:  # --init both: the start whose result was kept
             summary["em_init_kept"] = res.history["chosen"]
     for warning in summary["warnings"]:
@@ -399,7 +407,7 @@ def _deblur_em(args, y, prior, state: dict):
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
     # the engine's defaults, declared once, in its signature
-    for name in ("init", "covariance", "refine", "polish", "polish_covariance"):
+    for name in ("init", "covariance", "refine", "polish", "polish_covariance", "precision"):
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
     with tqdm(desc="deblur (em)", unit="it") as bar:
@@ -413,7 +421,7 @@ def _deblur_em(args, y, prior, state: dict):
         noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # in place of the engine's estimate
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
-            polish_covariance=args.polish_covariance, callback=progress, **noise,
+            polish_covariance=args.polish_covariance, precision=args.precision, callback=progress, **noise,
         )  # fmt: skip
 
 

@@ -27,7 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_blind._checks import check_image, check_positive, sigma_tensor
+from lit_blind._checks import check_choice, check_image, check_positive, sigma_tensor
+from lit_blind._limits import PRECISIONS
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` (``"cpu"``, ``"cuda"``, …) computes in bfloat16 natively: a CUDA device that supports it,
+    a CPU with AVX512-BF16 or AMX tiles (torch's own CPU feature probes)."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
 
 
 class Prior(nn.Module):
@@ -93,6 +104,38 @@ class Prior(nn.Module):
         d = x[0].numel()
         var = self.sigma_max**2
         return -0.5 * x.flatten(1).pow(2).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
+
+    @contextlib.contextmanager
+    def precision(self, precision: str = "32-true") -> Iterator[str]:
+        """Within this context the prior's network computes at ``precision`` (Lightning's names); yields the
+        precision in force. ``32-true``: as it is. ``bf16-mixed``: :func:`torch.autocast` to bfloat16 on the
+        parameters' device (convolutions and matrix products in bfloat16, normalisations and reductions in
+        float32; float64 work is left alone, so a caller's float64 solver is not touched) with the 4-D weights in
+        channels-last memory format, which oneDNN's bfloat16 convolutions need on a CPU; the weights are restored
+        on exit. ``auto``: ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA device that supports it,
+        a CPU with AVX512-BF16 or AMX), ``32-true`` elsewhere — on a CPU without them bfloat16 is emulated and
+        slower than float32. Measured on this project's CPU (AMX, one thread): natural-gray-small on a 285 × 285
+        image 405 ms per call in float32, 286 ms under autocast alone, 142 ms with the channels-last weights, at
+        a root-mean-square difference of 8e-5 from float32's denoised image (0.4 % of the noise it removes). A
+        prior without parameters (the analytic ones, exact in float64) has no network to speed up: ``auto`` is
+        ``32-true`` there, and autocast leaves its float64 arithmetic alone."""
+        check_choice("precision", precision, PRECISIONS)
+        p = next(self.parameters(), None)
+        device = "cpu" if p is None else p.device.type
+        if precision == "auto":
+            precision = "bf16-mixed" if p is not None and native_bf16(device) else "32-true"
+        if precision == "32-true":
+            yield precision
+            return
+        saved = {q: q.data for q in self.parameters() if q.dim() == 4}
+        for q in saved:
+            q.data = q.data.contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.autocast(device, dtype=torch.bfloat16):
+                yield precision
+        finally:
+            for q, data in saved.items():
+                q.data = data
 
     @contextlib.contextmanager
     def local_attention(self) -> Iterator[None]:

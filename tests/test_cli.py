@@ -101,6 +101,7 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--refine", "-1"], "--refine must be a non-negative integer, got -1"),
         (["--polish", "-2"], "--polish must be a non-negative integer, got -2"),
         (["--algorithm", "alternating", "--polish", "1"], "--polish applies to --algorithm em only"),
+        (["--algorithm", "drs", "--precision", "bf16-mixed"], "--precision applies to --algorithm em only"),
         (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
         (["--prior", "missing/weights.pth"], "--prior names a file or folder that does not exist"),
     ],
@@ -166,7 +167,7 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
     help_text = " ".join(deblur_parser().format_help().split())
-    for name in ("covariance", "refine", "polish", "polish_covariance"):
+    for name in ("covariance", "refine", "polish", "polish_covariance", "precision"):
         engine_default = inspect.signature(marginal_em).parameters[name].default
         assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
         flag = name.replace("_", "-")

@@ -353,6 +353,8 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"refine": 1.5}, "refine must be a non-negative integer"),
         ({"attention": "windowed"}, "attention must be one of"),
         ({"polish_covariance": "prior"}, "polish_covariance must be one of"),
+        ({"precision": "bf16"}, "precision must be one of"),
+        ({"covariance": "tweedie", "precision": "bf16-mixed"}, "precision must be '32-true' or 'auto' with"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -757,3 +759,27 @@ def test_the_em_runs_the_denoiser_with_local_attention_unless_told_otherwise(mon
     n = calls.count(0)  # denoiser calls; each passes the UNet's four attention blocks
     assert n > 0 and calls.count(1) == (4 * n if attention == "local" else 0)
     assert not any(isinstance(m.processor, WindowedAttention) for m in prior.unet.modules() if hasattr(m, "processor"))
+
+
+def test_the_em_runs_its_denoiser_calls_at_the_precision_asked(monkeypatch):
+    """precision="bf16-mixed": every denoiser call of the EM runs under bfloat16 autocast (and none with "32-true");
+    the history records the precision in force, "auto" resolved by the device's native support; the float64 work
+    around the network (CG, kernel steps) is not touched, so the kernel stays a float64 kernel on the simplex;
+    covariance="tweedie" keeps float32 under "auto" (its finite differences)."""
+    from lit_blind import priors
+    from lit_blind.testing import tiny_unet_prior
+
+    prior, seen = tiny_unet_prior(), []
+    denoise = marginal._denoise
+    monkeypatch.setattr(marginal, "_denoise", lambda *a: seen.append(torch.is_autocast_enabled("cpu")) or denoise(*a))
+    y = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    one = dict(iters=1, inner=1, finest_inner=1, sigma_y=0.01, init="large")
+    for precision, autocast in (("32-true", False), ("bf16-mixed", True)):
+        seen.clear()
+        res = marginal_em(y, prior, 5, precision=precision, **one)
+        assert res.history["precision"] == precision and seen and set(seen) == {autocast}
+        assert res.kernel.dtype == torch.float64 and abs(float(res.kernel.sum()) - 1) < 1e-12
+    monkeypatch.setattr(priors, "native_bf16", lambda device: True)
+    assert marginal_em(y, prior, 5, precision="auto", **one).history["precision"] == "bf16-mixed"
+    tweedie = marginal_em(y, prior, 5, precision="auto", covariance="tweedie", **one)
+    assert tweedie.history["precision"] == "32-true"

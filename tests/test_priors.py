@@ -241,3 +241,41 @@ def test_local_attention_windows_every_attention_block_at_the_training_size_and_
     with loaded.local_attention():
         assert isinstance(loaded.inner.unet.mid_block.attentions[0].processor, WindowedAttention)
     assert not isinstance(loaded.inner.unet.mid_block.attentions[0].processor, WindowedAttention)
+
+
+def test_precision_bf16_mixed_runs_the_network_in_bfloat16_and_restores_its_weights(gen, monkeypatch):
+    """Prior.precision("bf16-mixed"): the denoiser's convolutions in bfloat16 (the output within bfloat16's
+    rounding of float32's, and not equal to it), the 4-D weights channels-last inside and the very same tensors
+    afterwards, also when the block raises; "auto" follows the device's native bfloat16 support; a parameterless
+    prior is left exact; a bad name is a ValueError naming the argument."""
+    from lit_blind import priors
+    from lit_blind.testing import tiny_unet_prior
+
+    prior = tiny_unet_prior()
+    weights = {name: (q.data_ptr(), q.stride()) for name, q in prior.named_parameters() if q.dim() == 4}
+    x = torch.rand(1, 1, 24, 24, generator=gen)
+    with torch.no_grad():
+        ref = prior.denoise(x, 0.1)
+        with prior.precision("bf16-mixed") as used:
+            assert used == "bf16-mixed"
+            conv = prior.unet.down_blocks[0].resnets[0].conv1.weight
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+            low = prior.denoise(x, 0.1)
+    assert low.dtype == torch.float32
+    rel = float((low - ref).norm() / (ref - x).norm())
+    assert 0 < rel < 0.05  # bfloat16 keeps 8 bits of mantissa: ≈ 0.4 % per operation
+    with pytest.raises(RuntimeError, match="inside"), prior.precision("bf16-mixed"):
+        raise RuntimeError("inside")
+    assert {name: (q.data_ptr(), q.stride()) for name, q in prior.named_parameters() if q.dim() == 4} == weights
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(priors, "native_bf16", lambda device, native=native: native)
+        with prior.precision("auto") as used:
+            assert used == expected
+    y = torch.rand(1, 1, 8, 8, generator=gen, dtype=torch.float64)
+    exact = GaussianPrior().denoise(y, 0.1)
+    with GaussianPrior().precision("auto") as used:
+        assert used == "32-true"
+    with GaussianPrior().precision("bf16-mixed"):
+        assert torch.equal(GaussianPrior().denoise(y, 0.1), exact)
+    with pytest.raises(ValueError, match="precision must be one of"), prior.precision("bf16"):
+        pass

@@ -72,6 +72,7 @@ def test_a_probe_gets_the_run_folder(tmp_path):
 def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
     from lit_blind.data import LevinDataModule
     from lit_blind.loading import load_prior
+    from lit_blind.priors import native_bf16
     from lit_blind.probes import DeblurProbe
 
     with pytest.raises(ValueError, match="scales=1"):
@@ -100,6 +101,7 @@ def test_oracle_init_starts_from_the_true_kernel(tmp_path, shared_data):
     assert oracle["init"] == "oracle" and oracle["kernel_error"] < large["kernel_error"] - 0.1  # 0.67 vs 0.81
     # the method's own seconds exclude the error ratio's two non-blind solves, the row's seconds include them
     assert 0 < large["deblur_seconds"] < large["seconds"]
+    assert large["precision"] == ("bf16-mixed" if native_bf16("cpu") else "32-true") and "precision" not in row
     summary = em.summarize([oracle, large])["large"]
     assert summary["deblur_seconds_per_image"] == large["deblur_seconds"]
     assert (

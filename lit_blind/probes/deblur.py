@@ -29,7 +29,8 @@ class DeblurProbe(Probe):
     PSNR of the estimate, its kernel error to the Dirac (the no-blur solution), score evaluations, the blind
     method's own seconds (``deblur_seconds``) and the seconds of the whole row (``seconds``: the method, the error
     ratio's two non-blind solves and the saved estimates; the only time rows carried before the eighteenth
-    session).
+    session); an EM row also the precision its prior's network ran at (``precision``, since the twenty-fifth
+    session: ``em_options={"precision": "auto"}``, the default, depends on the hardware).
     The estimates are kept beside ``results.jsonl`` (``estimates/<image_id>_<init>_kernel.npy`` and
     ``..._image.png``), so that a row can be re-scored without rerunning the blind method.
 
@@ -114,7 +115,7 @@ class DeblurProbe(Probe):
                 "deblur_seconds": method_seconds,
                 "seconds": time.perf_counter() - t0,
                 "device": hardware(x.device),
-            }
+            } | ({"precision": res.history["precision"]} if "precision" in res.history else {})  # EM: the network's
 
     def _estimates(self) -> Path:
         if self.output_dir is None:
