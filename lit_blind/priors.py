@@ -32,10 +32,10 @@ from lit_blind._limits import PRECISIONS
 
 
 def native_bf16(device: str) -> bool:
-    """Whether ``device`` (``"cpu"``, ``"cuda"``, …) computes in bfloat16 natively: a CUDA device that supports it,
-    a CPU with AVX512-BF16 or AMX tiles (torch's own CPU feature probes)."""
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
+    """Whether ``device`` (``"cpu"``, ``"cuda"``, …) computes in bfloat16 natively: a CUDA device that supports it
+    without emulation (compute capability ≥ 8), a CPU with AVX512-BF16 or AMX tiles (torch's own feature probes)."""
+    if device == "cuda":  # without emulation: an older GPU (compute capability < 8) emulates bfloat16 slowly
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False

@@ -279,3 +279,17 @@ def test_precision_bf16_mixed_runs_the_network_in_bfloat16_and_restores_its_weig
         assert torch.equal(GaussianPrior().denoise(y, 0.1), exact)
     with pytest.raises(ValueError, match="precision must be one of"), prior.precision("bf16"):
         pass
+
+
+def test_native_bf16_does_not_count_emulation(monkeypatch):
+    """A GPU that only emulates bfloat16 (compute capability < 8) is not native: "auto" keeps float32 there; a
+    device type torch has no bfloat16 probe for is not native either."""
+    from lit_blind.priors import native_bf16
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation)
+    )
+    assert not native_bf16("cuda") and asked == [False]
+    assert not native_bf16("mps")
