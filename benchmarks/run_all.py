@@ -8,6 +8,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "likelihood.py",
     "local_attention.py",
+    "precision.py",
     "deblur.py",
     "hessian.py",
     "levin_solver.py",

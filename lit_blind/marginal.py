@@ -176,8 +176,8 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   natively (a CPU with AMX or AVX512-BF16, a recent GPU) the network's convolutions run in bfloat16 under autocast,
   its weights channels-last; the EM's own arithmetic (CG, kernel steps, the covariance term) stays in float64.
   The denoiser is ≈ 78 % of the EM's time in float32 (profile of one Levin capture: 31 of 40 s); in bfloat16 one call
-  on a 285 × 285 image takes 142 ms instead of 405 ms, within 8e-5 (root mean square) of float32's output, and the
-  EM from both starts 1.64× faster (58.7 s against 96.1 s per Levin capture, one core). Nothing is tuned. Measured (README, "The denoiser in bfloat16"): on the 32 Levin captures
+  on a 288 × 288 image takes 242 ms instead of 500 ms at a denoising PSNR 0.03 dB lower on BSD68
+  (``benchmarks/precision.py``), and the EM from both starts runs 1.64× faster (58.7 s against 96.1 s per Levin capture, one core). Nothing is tuned. Measured (README, "The denoiser in bfloat16"): on the 32 Levin captures
   29/32 at ER ≤ 3, mean ER 1.95, kernel error 0.522 against float32's 29/32, 1.99, 0.528 (a lower error ratio on
   18 of 32, the largest changes im2_kernel1 2.38 → 1.69 and im2_kernel4 1.83 → 2.60: the coarse levels' sensitivity
   of "Two starts"); on BSD68 (first 8) at σ_y = 0.01 8/8, 1.62, 0.456 against 8/8, 1.60, 0.445 and at σ_y = 0.003

@@ -1,0 +1,113 @@
+"""Benchmark: the shipped prior's denoiser in float32 and in bfloat16 (``Prior.precision``: autocast with
+channels-last weights, what ``marginal_em(precision="auto")`` runs where the device computes in bfloat16
+natively), on the same inputs, and the EM on one Levin capture both ways.
+
+Printed: the forward time at the sizes of the EM's pyramid (one image, inside ``Prior.local_attention`` as the EM
+runs it, the minimum of ``--repeats`` runs, the two precisions alternated), the denoising PSNR on BSD68 photographs
+at the EM's σ range (Tweedie D(x + σn, σ), the same noise both ways) and the root-mean-square difference of the two
+denoised images, with the speed ratio and the PSNR difference; then ``marginal_em`` (its defaults, both starts) on
+``--levin`` captures in each precision: seconds, error ratio and kernel error. On a CPU without native bfloat16
+(no AMX, no AVX512-BF16) bfloat16 is emulated and the ratio falls below 1: the ``auto`` default keeps float32 there.
+
+    python benchmarks/precision.py [--images 8] [--sizes 64 128 288] [--repeats 3] [--levin im1_kernel1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from lit_blind.data import LevinDataModule
+from lit_blind.io import data_path, read_image
+from lit_blind.loading import load_prior
+from lit_blind.marginal import marginal_em
+from lit_blind.metrics import error_ratio, kernel_error
+from lit_blind.priors import native_bf16
+
+DATA = data_path("../shared/data")
+SIGMAS = (0.01, 0.02, 0.05)
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def forward_seconds(prior, size: int, precision: str, repeats: int) -> float:
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(size))
+    best = math.inf
+    with prior.local_attention(), prior.precision(precision), torch.no_grad():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            prior._denoise_unchecked(x, 0.02)
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def denoised(prior, images: list[torch.Tensor], sigma: float, precision: str) -> list[torch.Tensor]:
+    gen, out = torch.Generator().manual_seed(1), []
+    with prior.local_attention(), prior.precision(precision), torch.no_grad():
+        for im in images:
+            out.append(prior._denoise_unchecked(im + sigma * torch.randn(im.shape, generator=gen), sigma).float())
+    return out
+
+
+def psnr(ds: list[torch.Tensor], images: list[torch.Tensor]) -> float:
+    return sum(-10 * math.log10(float((d - im).pow(2).mean())) for d, im in zip(ds, images, strict=True)) / len(ds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=8, help="BSD68 photographs for the PSNR (0: timing only)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 288])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--levin", nargs="*", default=["im1_kernel1"], help="Levin captures for the EM (none: skip)")
+    args = ap.parse_args()
+    prior = load_prior("natural-gray-small").float()
+    native = "native" if native_bf16("cpu") else "emulated (precision='auto' keeps float32 on this CPU)"
+    print(f"natural-gray-small, {torch.get_num_threads()} thread(s), bfloat16 on this CPU: {native}")
+    print(f"{'size':>6} {'fp32 ms':>8} {'bf16 ms':>8} {'speed-up':>8}")
+    for size in args.sizes:
+        t = dict.fromkeys(PRECISIONS, math.inf)
+        for precision in (*PRECISIONS, *PRECISIONS[::-1]):  # alternated: neither always runs first
+            t[precision] = min(t[precision], forward_seconds(prior, size, precision, args.repeats))
+        print(
+            f"{size:>6} {1e3 * t['32-true']:>8.0f} {1e3 * t['bf16-mixed']:>8.0f} {t['32-true'] / t['bf16-mixed']:>7.2f}x"
+        )
+    files = sorted((DATA / "natural" / "BSD68").glob("*.png"))[: args.images]
+    if args.images and not files:
+        print(f"PSNR skipped: no BSD68 photographs under {DATA / 'natural' / 'BSD68'}")
+    elif files:
+        images = [read_image(f, channels=1).float() for f in files]
+        print(f"denoising PSNR (dB), mean over {len(images)} BSD68 photographs at full size")
+        print(f"{'sigma':>6} {'fp32':>8} {'bf16':>8} {'diff':>7} {'rms(bf16 - fp32)':>17}")
+        for sigma in SIGMAS:
+            a, b = (denoised(prior, images, sigma, p) for p in PRECISIONS)
+            rms = math.sqrt(sum(float((y - x).pow(2).mean()) for x, y in zip(a, b, strict=True)) / len(a))
+            pa, pb = psnr(a, images), psnr(b, images)
+            print(f"{sigma:>6} {pa:>8.3f} {pb:>8.3f} {pb - pa:>+7.3f} {rms:>17.2e}")
+    if not args.levin:
+        return
+    if not (DATA / "levin09").is_dir():
+        print(f"EM skipped: no Levin data under {DATA / 'levin09'}")
+        return
+    dm = LevinDataModule(root=str(DATA / "levin09"))
+    dm.setup()
+    items = {item["image_id"]: item for item in dm.items}
+    print("marginal_em (defaults, both starts) on Levin captures")
+    print(
+        f"{'capture':>12} {'fp32 s':>7} {'bf16 s':>7} {'speed-up':>8} {'ER fp32':>8} {'ER bf16':>8} {'ke fp32':>8} {'ke bf16':>8}"
+    )
+    for image_id in args.levin:
+        item = items[image_id]
+        y, x, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
+        row = {}
+        for precision in PRECISIONS:
+            t = time.perf_counter()
+            res = marginal_em(y, prior, 31, precision=precision)
+            row[precision] = (time.perf_counter() - t, error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h))
+        (ta, ea, ka), (tb, eb, kb) = row["32-true"], row["bf16-mixed"]
+        print(f"{image_id:>12} {ta:>7.1f} {tb:>7.1f} {ta / tb:>7.2f}x {ea:>8.2f} {eb:>8.2f} {ka:>8.3f} {kb:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
