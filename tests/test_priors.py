@@ -271,6 +271,8 @@ def test_precision_bf16_mixed_runs_the_network_in_bfloat16_and_restores_its_weig
         monkeypatch.setattr(priors, "native_bf16", lambda device, native=native: native)
         with prior.precision("auto") as used:
             assert used == expected
+        with tiny_unet_prior().double().precision("auto") as used:  # autocast would not touch a float64 network
+            assert used == "32-true"
     y = torch.rand(1, 1, 8, 8, generator=gen, dtype=torch.float64)
     exact = GaussianPrior().denoise(y, 0.1)
     with GaussianPrior().precision("auto") as used:
