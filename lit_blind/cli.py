@@ -204,8 +204,8 @@ def deblur_parser() -> argparse.ArgumentParser:
         "--precision",
         default=None,
         choices=PRECISIONS,
-        help="the prior network's arithmetic (README, 'The denoiser in bfloat16'): auto (bf16-mixed where the CPU or GPU "
-        "computes in bfloat16 natively, else 32-true), 32-true or bf16-mixed (default: auto)",
+        help="the prior network's arithmetic (README, 'The denoiser in bfloat16'): auto (bf16-mixed where the CPU or "
+        "GPU computes in bfloat16 natively, else 32-true), 32-true or bf16-mixed (default: auto)",
     )
     map_only = ap.add_argument_group("Algorithms 1-2 only (--algorithm alternating|drs)")
     map_only.add_argument(

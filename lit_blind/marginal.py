@@ -177,13 +177,14 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   its weights channels-last; the EM's own arithmetic (CG, kernel steps, the covariance term) stays in float64.
   The denoiser is ≈ 78 % of the EM's time in float32 (profile of one Levin capture: 31 of 40 s); in bfloat16 one call
   on a 288 × 288 image takes 242 ms instead of 500 ms at a denoising PSNR 0.03 dB lower on BSD68
-  (``benchmarks/precision.py``), and the EM from both starts runs 1.64× faster (58.7 s against 96.1 s per Levin capture, one core). Nothing is tuned. Measured (README, "The denoiser in bfloat16"): on the 32 Levin captures
+  (``benchmarks/precision.py``), and the EM from both starts runs 1.64× faster (58.7 s against 96.1 s per Levin
+  capture, one core). Nothing is tuned. Measured (README, "The denoiser in bfloat16"): on the 32 Levin captures
   29/32 at ER ≤ 3, mean ER 1.95, kernel error 0.522 against float32's 29/32, 1.99, 0.528 (a lower error ratio on
   18 of 32, the largest changes im2_kernel1 2.38 → 1.69 and im2_kernel4 1.83 → 2.60: the coarse levels' sensitivity
   of "Two starts"); on BSD68 (first 8) at σ_y = 0.01 8/8, 1.62, 0.456 against 8/8, 1.60, 0.445 and at σ_y = 0.003
   6/8, 2.65, 0.413 against 5/8, 2.69, 0.415, at σ_y = 0.02 8/8, 1.06, 0.674 against 8/8, 1.05, 0.655.
-  ``covariance="tweedie"`` keeps float32 (its central differences of the
-  denoiser with a step of σ/100 would drown in bfloat16's rounding); ``precision="32-true"`` is the engine before.
+  ``covariance="tweedie"`` keeps float32 (its central differences of the denoiser with a step of σ/100 would drown
+  in bfloat16's rounding); ``precision="32-true"`` is the engine before.
 
 Written by hand: no library has a blind EM with a learned prior. The numerical constants (σ_t range,
 ρ = 0.1, ``edges`` = 20) were chosen on four Levin images (im1_kernel1, im2_kernel4, im3_kernel6,
@@ -594,8 +595,8 @@ def marginal_em(
     ``sigma_y``; a noise-free ``y`` makes it joint MAP) or ``none`` (joint MAP);
     see the module docstring. ``init``: the coarsest kernel, ``large`` (uniform over ``min_kernel`` pixels) or
     ``small`` (a 3×3 box), ``both`` (the default since the twenty-fourth session, ``large`` before: a run from each,
-    the one whose image has the lower :func:`gradient_sparsity` kept; module docstring, "Two starts"), or a ``(1, 1, kernel_size, kernel_size)``
-    kernel (true convolution, ≥ 0, positive sum; normalised) resized to the coarsest level's kernel (bilinear,
+    the one whose image has the lower :func:`gradient_sparsity` kept; module docstring, "Two starts"), or a
+    ``(1, 1, kernel_size, kernel_size)`` kernel (true convolution, ≥ 0, positive sum; normalised) resized to the coarsest level's kernel (bilinear,
     antialiased) — a warm start, e.g. to refine another method's estimate or, as ``benchmarks/em_fixed_point.py``
     does, to start from the true kernel. ``edges``, ``edge_window``: the edge selection of :func:`kernel_step`
     (``finest_edges`` in place of ``edges`` at the finest level, 20 before the seventeenth session;
