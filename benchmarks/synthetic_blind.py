@@ -108,6 +108,13 @@ def main() -> None:
         "twentieth session)",
     )
     ap.add_argument(
+        "--polish-flanks",
+        type=int,
+        default=None,
+        help="the polishing's kernel steps also keep the pixels within this distance of a kept gradient (default: the "
+        "engine's, 1; 0 before the twenty-sixth session)",
+    )
+    ap.add_argument(
         "--polish-covariance",
         default=None,
         choices=POLISH_COVARIANCES,
@@ -138,7 +145,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_covariance init precision"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks polish_covariance init precision"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

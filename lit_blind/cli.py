@@ -201,6 +201,14 @@ def deblur_parser() -> argparse.ArgumentParser:
         "or denoiser (the denoiser's last level, as before) (default: noise)",
     )
     em_only.add_argument(
+        "--polish-flanks",
+        type=int,
+        default=None,
+        help="the polishing's kernel steps also keep the pixels within N pixels of a kept edge gradient, the edges' "
+        "flanks (README, 'Polishing with the edges' flanks': better on the real Levin captures); 0 keeps the "
+        "selected gradients alone, as before (default: 1)",
+    )
+    em_only.add_argument(
         "--precision",
         default=None,
         choices=PRECISIONS,
@@ -241,13 +249,13 @@ def deblur_main(argv: list[str]) -> int:
             raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
         if args.sigma_y is not None:
             _check_sigma_y(args.sigma_y, force=False)
-        for flag in ("--refine", "--polish"):
+        for flag in ("--refine", "--polish", "--polish-flanks"):
             if getattr(args, _dest(flag)) is not None and getattr(args, _dest(flag)) < 0:
                 raise ValueError(f"{flag} must be a non-negative integer, got {getattr(args, _dest(flag))}")
     else:
         from lit_blind.deconv import preset
 
-        for flag in ("--covariance", "--refine", "--polish", "--polish-covariance", "--precision"):
+        for flag in ("--covariance", "--refine", "--polish", "--polish-covariance", "--polish-flanks", "--precision"):
             if getattr(args, _dest(flag)) is not None:
                 raise ValueError(f"{flag} applies to --algorithm em only, not to --algorithm {args.algorithm}")
         args.preset = args.preset or "fast"
@@ -407,7 +415,7 @@ def _deblur_em(args, y, prior, state: dict):
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
     # the engine's defaults, declared once, in its signature
-    for name in ("init", "covariance", "refine", "polish", "polish_covariance", "precision"):
+    for name in ("init", "covariance", "refine", "polish", "polish_covariance", "polish_flanks", "precision"):
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
     with tqdm(desc="deblur (em)", unit="it") as bar:
@@ -421,7 +429,8 @@ def _deblur_em(args, y, prior, state: dict):
         noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # in place of the engine's estimate
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
-            polish_covariance=args.polish_covariance, precision=args.precision, callback=progress, **noise,
+            polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks, precision=args.precision,
+            callback=progress, **noise,
         )  # fmt: skip
 
 

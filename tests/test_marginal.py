@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from lit_blind.marginal import (
     tweedie_gradient_variance,
 )
 from lit_blind.metrics import kernel_error, noise_level
-from lit_blind.physics import add_noise, blur, data_fidelity
+from lit_blind.physics import add_noise, blur, data_fidelity, image_gradient
 from lit_blind.priors import GaussianMixturePrior
 
 D = torch.float64
@@ -613,7 +614,8 @@ def test_refinement_counts_the_kept_pixels_in_the_finest_levels_last_steps(monke
 
 def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
     """polish = r: after the finest level, r rounds of (the final pass from y under the current kernel, one HQS pair
-    per σ of the finest level's schedule; a kernel step on its image with finest_edges gradients and the covariance
+    per σ of the finest level's schedule; a kernel step on its image with finest_edges gradients and their flanks
+    (polish_flanks pixels around them, the EM's own steps none) and the covariance
     trace at the noise level, here the last σ_t (above the prior's floor; below it, see
     test_polishing_takes_the_covariance_term_at_the_noise_level_below_the_priors_floor), over every pixel as in the
     EM's own steps), then the final pass under the last kernel; each round's kernel in the
@@ -624,7 +626,7 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
 
     def spy(z, y, k, reg, edges, masked_cov, *rest, **kw):
         h = step(z, y, k, reg, edges, masked_cov, *rest, **kw)
-        steps.append((z, reg, edges, masked_cov, h))
+        steps.append((z, reg, edges, masked_cov, kw.get("flanks", 0), h))
         return h
 
     monkeypatch.setattr(marginal, "kernel_step", spy)
@@ -637,13 +639,14 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
     seen = []
     res = marginal_em(y, GaussianPrior(), 7, polish=2, callback=lambda s: seen.append(s), **opts)
     assert len(steps) == n + 2
+    assert [f for *_, f, _ in steps] == [0] * n + [marginal.POLISH_FLANKS] * 2  # the flanks in the polishing only
     torch.testing.assert_close(res.history["scales"][-1][1], base.kernel, rtol=0, atol=0)  # the same EM before
     sigmas = base.history["sigma"][-2:]
     assert res.history["sigma"] == base.history["sigma"] + [sigmas[-1]] * 2
     assert res.history["level"] == base.history["level"] + [base.history["level"][-1]] * 2
     assert [(s["iteration"], s["total"]) for s in seen[-3:]] == [(1, n + 2), (2, n + 2), (3, n + 2)]
     h = base.kernel
-    for (z, reg, edges, masked_cov, h_new), kept in zip(steps[n:], res.history["polish"], strict=True):
+    for (z, reg, edges, masked_cov, _, h_new), kept in zip(steps[n:], res.history["polish"], strict=True):
         x = F.pad(y, (3,) * 4, mode="replicate")  # the final pass by hand, under the kernel before the round
         for sigma in sigmas:
             x = e_step(x, y, h, GaussianPrior(), sigma, 0.1, 1)[0]
@@ -654,7 +657,7 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
         h = h_new
     torch.testing.assert_close(res.kernel, h, rtol=0, atol=0)
     assert not torch.equal(res.kernel, base.kernel)
-    assert marginal.POLISH == 2
+    assert marginal.POLISH == 2 and marginal.POLISH_FLANKS == 1
     assert res.history["score_evals"][-1] == base.history["score_evals"][-1] + 2 * 2
     with pytest.raises(ValueError, match="polish must be a non-negative integer, got -1"):
         marginal_em(y, GaussianPrior(), 7, polish=-1)
@@ -783,3 +786,48 @@ def test_the_em_runs_its_denoiser_calls_at_the_precision_asked(monkeypatch):
     assert marginal_em(y, prior, 5, precision="auto", **one).history["precision"] == "bf16-mixed"
     tweedie = marginal_em(y, prior, 5, precision="auto", covariance="tweedie", **one)
     assert tweedie.history["precision"] == "32-true"
+
+
+def test_flanks_keep_the_neighbours_of_the_kept_gradients(monkeypatch):
+    """kernel_step(flanks=f) keeps exactly the pixels within Chebyshev distance f of the ``edges`` · 4k selected ones
+    (scipy's binary dilation as the reference), the covariance term scaled by the grown count over the selected
+    one; on the sharp image the flanks bring the kernel closer to the truth, the selection's bias of the README
+    ("What the yardstick allows")."""
+    from scipy import ndimage
+
+    x = _blocks(80, 72)
+    h_true = _motion_kernel(9)
+    y = blur(x, h_true, "valid")
+    kept, regs = [], []
+
+    def count(gs, *args, **kw):  # the kept pixels, from the masked gradients the normal equations receive
+        kept.append((gs[0][..., :-1, :] != 0) | (gs[1][..., :, :-1] != 0))
+        return torch.eye(81, dtype=D), torch.ones(81, dtype=D)
+
+    def weight(M, b, reg):
+        regs.append(reg)
+        return torch.ones(81, dtype=D)
+
+    with monkeypatch.context() as m:
+        m.setattr(marginal, "kernel_normal_equations", count)
+        m.setattr(marginal, "solve_kernel", weight)
+        for f in (0, 1, 2):
+            kernel_step(x, y, 9, 1.0, edges=2, flanks=f)
+        for f in (0, 1):  # the kept-pixel form counts the grown set itself
+            kernel_step(x, y, 9, 1.0, edges=2, masked_cov=True, flanks=f)
+    gx, gy = image_gradient(x)
+    moving = ((gx[..., :-1, :] != 0) | (gy[..., :, :-1] != 0))[0, 0].numpy()  # a kept pixel shows where ∇x ≠ 0
+    base = kept[0][0, 0].numpy()
+    assert base.sum() == 2 * 4 * 9  # the selection itself: the largest gradients, none zero
+    for f, mask in zip((1, 2), kept[1:3], strict=True):
+        want = ndimage.binary_dilation(base, np.ones((2 * f + 1,) * 2, dtype=bool))
+        np.testing.assert_array_equal(mask[0, 0].numpy(), want & moving)
+        assert mask.sum() > base.sum()
+    # the full trace grows with the kept pixels, as the kept-pixel form's does: the same weight per kept pixel
+    n0, n1, n2 = (float(F.max_pool2d(kept[0].to(D), 2 * f + 1, stride=1, padding=f).sum()) for f in (0, 1, 2))
+    assert regs[:3] == [pytest.approx(1.0), pytest.approx(n1 / n0), pytest.approx(n2 / n0)]
+    assert regs[4] / regs[3] == pytest.approx(n1 / n0)
+    errors = [kernel_error(kernel_step(x, y, 9, 1e-6, edges=2, flanks=f), h_true) for f in (0, 1)]
+    assert errors[1] < 0.8 * errors[0]
+    with pytest.raises(ValueError, match="polish_flanks must be a non-negative integer, got -1"):
+        marginal_em(y, GaussianPrior(), 9, polish_flanks=-1)
