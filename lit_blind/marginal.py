@@ -348,15 +348,13 @@ def kernel_step(
             mag = mag * F.pad(edge_usefulness(y, int(edge_window)), (k // 2,) * 4)
         n = min(mag.numel() - 1, int(edges * 4 * k))
         keep = (mag > mag.flatten().kthvalue(mag.numel() - n).values).to(z.dtype)
-        if flanks:  # each kept pixel's neighbours within `flanks` pixels: the flanks of the kept edges; the full
-            # trace grows with the kept pixels as the kept-pixel form does, so the term keeps its weight per pixel
-            grown = F.max_pool2d(keep, 2 * flanks + 1, stride=1, padding=flanks)
-            reg = reg * float(grown.sum() / keep.sum()) if not masked_cov else reg
-            keep = grown
+        selected = keep.sum()
+        if flanks:  # each kept pixel's neighbours within `flanks` pixels: the flanks of the kept edges
+            keep = F.max_pool2d(keep, 2 * flanks + 1, stride=1, padding=flanks)
         masks = [F.pad(keep, (0, 0, 0, 1), mode="replicate"), F.pad(keep, (0, 1, 0, 0), mode="replicate")]
         gz = [g * m for g, m in zip(gz, masks, strict=True)]
-        if masked_cov:
-            reg = reg * float(keep.mean())
+        # the term per kept pixel: the kept-pixel form over the kept fraction, the full trace grown with the flanks
+        reg = reg * float(keep.mean() if masked_cov else keep.sum() / selected)
     gy = list(image_gradient(y))
     M, b = kernel_normal_equations(gz, gy, k)
     if grad_var is not None:
