@@ -14,7 +14,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
-        [--finest-edges 20] [--attention global] [--polish 0] [--polish-covariance denoiser]
+        [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser]
         [--precision 32-true]
 """
 
@@ -104,8 +104,8 @@ def main() -> None:
         "--polish",
         type=int,
         default=None,
-        help="kernel steps on the final pass's image after the finest level (default: the engine's, 2; 0 before the "
-        "twentieth session)",
+        help="kernel steps on the final pass's image after the finest level (default: the engine's, 3; 0 before the "
+        "twentieth session, 2 before the twenty-seventh)",
     )
     ap.add_argument(
         "--polish-flanks",
@@ -113,6 +113,13 @@ def main() -> None:
         default=None,
         help="the polishing's kernel steps also keep the pixels within this distance of a kept gradient (default: the "
         "engine's, 1; 0 before the twenty-sixth session)",
+    )
+    ap.add_argument(
+        "--compare-after",
+        type=int,
+        default=None,
+        help="init both: the starts are compared after this many polishing rounds, the kept one polished on (default: "
+        "the engine's, 2; with --polish 2 the engine before the twenty-seventh session)",
     )
     ap.add_argument(
         "--polish-covariance",
@@ -145,7 +152,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks polish_covariance init precision"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance init precision"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

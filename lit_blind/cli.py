@@ -190,7 +190,7 @@ def deblur_parser() -> argparse.ArgumentParser:
         default=None,
         help="kernel steps after the finest level, each on the image of a non-blind pass under the current kernel "
         "(README, 'Polishing the kernel': a lower kernel error on synthetic blur, one success more on the Levin "
-        "captures); 0 takes about 27%% less time (default: 2)",
+        "captures); 0 takes about 27%% less time (default: 3)",
     )
     em_only.add_argument(
         "--polish-covariance",
@@ -207,6 +207,14 @@ def deblur_parser() -> argparse.ArgumentParser:
         help="the polishing's kernel steps also keep the pixels within N pixels of a kept edge gradient, the edges' "
         "flanks (README, 'Polishing with the edges' flanks': better on the real Levin captures); 0 keeps the "
         "selected gradients alone, as before (default: 1)",
+    )
+    em_only.add_argument(
+        "--compare-after",
+        type=int,
+        default=None,
+        help="the two starts of the default init 'both' are compared after N polishing rounds and the kept one "
+        "alone goes on to all of them (README, 'The kept start polished on': the third round at the cost of one more "
+        "non-blind pass); N at least the number of rounds polishes both starts fully (default: 2)",
     )
     em_only.add_argument(
         "--precision",
@@ -249,13 +257,14 @@ def deblur_main(argv: list[str]) -> int:
             raise ValueError(f"{', '.join(given)} apply to --algorithm alternating|drs only, not to --algorithm em")
         if args.sigma_y is not None:
             _check_sigma_y(args.sigma_y, force=False)
-        for flag in ("--refine", "--polish", "--polish-flanks"):
+        for flag in ("--refine", "--polish", "--polish-flanks", "--compare-after"):
             if getattr(args, _dest(flag)) is not None and getattr(args, _dest(flag)) < 0:
                 raise ValueError(f"{flag} must be a non-negative integer, got {getattr(args, _dest(flag))}")
     else:
         from lit_blind.deconv import preset
 
-        for flag in ("--covariance", "--refine", "--polish", "--polish-covariance", "--polish-flanks", "--precision"):
+        em_flags = ("--covariance", "--refine", "--polish", "--polish-covariance", "--polish-flanks", "--compare-after")
+        for flag in (*em_flags, "--precision"):
             if getattr(args, _dest(flag)) is not None:
                 raise ValueError(f"{flag} applies to --algorithm em only, not to --algorithm {args.algorithm}")
         args.preset = args.preset or "fast"
@@ -415,7 +424,8 @@ def _deblur_em(args, y, prior, state: dict):
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
     # the engine's defaults, declared once, in its signature
-    for name in ("init", "covariance", "refine", "polish", "polish_covariance", "polish_flanks", "precision"):
+    names = ("init", "covariance", "refine", "polish", "polish_covariance", "polish_flanks", "compare_after")
+    for name in (*names, "precision"):
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
     with tqdm(desc="deblur (em)", unit="it") as bar:
@@ -429,8 +439,8 @@ def _deblur_em(args, y, prior, state: dict):
         noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # in place of the engine's estimate
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
-            polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks, precision=args.precision,
-            callback=progress, **noise,
+            polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks,
+            compare_after=args.compare_after, precision=args.precision, callback=progress, **noise,
         )  # fmt: skip
 
 

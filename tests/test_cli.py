@@ -20,7 +20,16 @@ from lit_blind.cli import deblur_parser, main
 from lit_blind.demo import camera
 from lit_blind.io import read_image, write_image
 from lit_blind.kernels import family
-from lit_blind.marginal import POLISH, POLISH_FLANKS, REFINE, SIGMA_END_PER_NOISE, STARTS, marginal_em, pyramid
+from lit_blind.marginal import (
+    COMPARE_AFTER,
+    POLISH,
+    POLISH_FLANKS,
+    REFINE,
+    SIGMA_END_PER_NOISE,
+    STARTS,
+    marginal_em,
+    pyramid,
+)
 from lit_blind.physics import blur
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +113,8 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--algorithm", "drs", "--precision", "bf16-mixed"], "--precision applies to --algorithm em only"),
         (["--polish-flanks", "-1"], "--polish-flanks must be a non-negative integer, got -1"),
         (["--algorithm", "drs", "--polish-flanks", "0"], "--polish-flanks applies to --algorithm em only"),
+        (["--compare-after", "-1"], "--compare-after must be a non-negative integer, got -1"),
+        (["--algorithm", "drs", "--compare-after", "1"], "--compare-after applies to --algorithm em only"),
         (["--prior", "no-such-prior"], "--prior must be 'gaussian'"),
         (["--prior", "missing/weights.pth"], "--prior names a file or folder that does not exist"),
     ],
@@ -169,7 +180,7 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
     help_text = " ".join(deblur_parser().format_help().split())
-    for name in ("covariance", "refine", "polish", "polish_covariance", "polish_flanks", "precision"):
+    for name in ("covariance", "refine", "polish", "polish_covariance", "polish_flanks", "compare_after", "precision"):
         engine_default = inspect.signature(marginal_em).parameters[name].default
         assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
         flag = name.replace("_", "-")
@@ -179,7 +190,8 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
 
 def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
     """--covariance tweedie: the per-pixel variance costs two denoiser calls per kernel step more (every outer
-    iteration and every polishing round of each of the two runs of the default --init both)."""
+    iteration and every polishing round of the two starts of the default --init both, the kept one's last rounds
+    once)."""
     evals = {}
     for choice in ("full", "tweedie"):
         out = tmp_path / choice
@@ -190,8 +202,9 @@ def test_deblur_covariance_option_reaches_the_em_engine(photo, tmp_path):
         assert result["em_init_kept"] in STARTS
         evals[choice] = result["score_evals"]
     defaults = inspect.signature(marginal_em).parameters
-    outer = defaults["iters"].default * len(pyramid(7, 5)) + defaults["polish"].default
-    assert evals["tweedie"] == evals["full"] + 2 * outer * len(STARTS)
+    compared = defaults["compare_after"].default
+    outer = (defaults["iters"].default * len(pyramid(7, 5)) + compared) * len(STARTS)
+    assert evals["tweedie"] == evals["full"] + 2 * (outer + defaults["polish"].default - compared)
 
 
 def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
@@ -208,14 +221,15 @@ def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(lit_blind.marginal, "marginal_em", recording)
     args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", "hqs"]
-    first = ["--sigma-y", "0.02", "--refine", "0", "--polish", "0", "--polish-flanks", "0"]
+    first = ["--sigma-y", "0.02", "--refine", "0", "--polish", "0", "--polish-flanks", "0", "--compare-after", "0"]
     assert main([*args, *first, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    calls = [c for c in calls if c["init"] == "both"]  # the CLI's calls, not the engine's run from each start
+    assert [c["init"] for c in calls] == ["both", "both"]  # one engine call per run: it runs both starts itself
     assert calls[0]["sigma_y"] == 0.02 and "sigma_y" not in calls[1]
     assert calls[0]["refine"] == 0 and calls[1]["refine"] == REFINE  # --refine reaches the engine
     assert calls[0]["polish"] == 0 and calls[1]["polish"] == POLISH  # so does --polish
     assert calls[0]["polish_flanks"] == 0 and calls[1]["polish_flanks"] == POLISH_FLANKS  # and --polish-flanks
+    assert calls[0]["compare_after"] == 0 and calls[1]["compare_after"] == COMPARE_AFTER  # and --compare-after
     result = json.loads((tmp_path / "a" / "result.json").read_text())
     assert result["settings"]["sigma_y"] == 0.02 and result["em_sigma_y"] == 0.02
     assert result["em_sigma_end"] == pytest.approx(SIGMA_END_PER_NOISE * 0.02)

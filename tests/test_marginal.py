@@ -13,6 +13,7 @@ from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
     FINEST_INNER,
     SIGMA_END_PER_NOISE,
+    STARTS,
     e_step,
     edge_usefulness,
     gradient_covariance_trace,
@@ -266,6 +267,39 @@ def test_both_starts_keep_the_run_with_the_sparser_image():
     assert [s["init"] for s in seen] == res.history["init"]
 
 
+def test_both_starts_compare_after_some_rounds_and_polish_the_kept_one_on():
+    """compare_after < polish: the starts are compared after compare_after polishing rounds (on the final pass under
+    that kernel) and the kept one alone goes on to polish rounds, from the compared image: the result is the kept
+    start's single run with polish rounds, at the cost of one final pass for the remaining rounds."""
+    k = 7
+    y = blur(_blocks(56, 56, seed=2), _motion_kernel(k), "valid")
+    y = y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=y.dtype)
+    options = dict(iters=2, finest_edges=5)
+    compared = {start: marginal_em(y, GaussianPrior(), k, init=start, polish=1, **options) for start in STARTS}
+    c = k // 2
+    sparsity = {start: gradient_sparsity(r.image[..., c:-c, c:-c]) for start, r in compared.items()}
+    best = min(sparsity, key=sparsity.get)
+    seen = []
+    res = marginal_em(y, GaussianPrior(), k, init="both", polish=2, compare_after=1, callback=seen.append, **options)
+    alone = marginal_em(y, GaussianPrior(), k, init=best, polish=2, **options)
+    assert res.history["chosen"] == best
+    assert torch.equal(res.kernel, alone.kernel) and torch.equal(res.image, alone.image)
+    assert not torch.equal(res.kernel, compared[best].kernel)  # the kept start's second round changed it
+    for start, r in compared.items():
+        assert torch.equal(res.history["starts"][start]["kernel"], r.kernel)
+        assert res.history["starts"][start]["sparsity"] == pytest.approx(sparsity[start], rel=1e-12)
+        assert res.history["starts"][start]["score_evals"] == r.history["score_evals"][-1]
+    n = {start: len(r.history["level"]) for start, r in compared.items()}
+    assert res.history["init"] == ["large"] * n["large"] + ["small"] * n["small"] + [best]
+    assert len(res.history["polish"]) == 2
+    assert all(torch.equal(p, q) for p, q in zip(res.history["polish"], alone.history["polish"], strict=True))
+    # the kept round reuses the compared image: one more final pass, for the returned image
+    assert res.history["score_evals"][-1] == sum(r.history["score_evals"][-1] for r in compared.values()) + 2
+    assert len(seen) == len(res.history["level"]) and {s["total"] for s in seen} == {n["large"] + n["small"] + 1}
+    with pytest.raises(ValueError, match="compare_after must be a non-negative integer, got -1"):
+        marginal_em(y, GaussianPrior(), k, compare_after=-1)
+
+
 def test_long_e_step_explains_the_photograph_under_the_true_kernel_and_not_under_a_wider_one():
     """e_step under a fixed kernel (what benchmarks/kernel_residual.py runs): after many HQS pairs the image
     under the true kernel leaves a residual ½‖h ⋆ z − y‖² below the noise floor ½Nσ_y² (the Wiener prior is
@@ -439,9 +473,10 @@ def test_rgb_noise_level_is_the_luminances():
 
 
 def test_covariance_term_enters_the_kernel_step_only_when_asked():
+    """The EM's own kernel steps (no polishing: on a noise-free y its term is at the noise level, 0, either way)."""
     y = blur(_blocks(48, 48), _motion_kernel(7), "valid")
-    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, covariance="none")
-    on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1)
+    off = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, polish=0, covariance="none")
+    on = marginal_em(y, GaussianPrior(), 7, iters=1, inner=1, finest_inner=1, polish=0)
     assert all(c == 0 for c in off.history["covariance"]) and all(c > 0 for c in on.history["covariance"])
     assert not torch.allclose(on.kernel, off.kernel)
 
@@ -657,7 +692,7 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
         h = h_new
     torch.testing.assert_close(res.kernel, h, rtol=0, atol=0)
     assert not torch.equal(res.kernel, base.kernel)
-    assert marginal.POLISH == 2 and marginal.POLISH_FLANKS == 1
+    assert marginal.POLISH == 3 and marginal.POLISH_FLANKS == 1
     assert res.history["score_evals"][-1] == base.history["score_evals"][-1] + 2 * 2
     with pytest.raises(ValueError, match="polish must be a non-negative integer, got -1"):
         marginal_em(y, GaussianPrior(), 7, polish=-1)
