@@ -873,11 +873,10 @@ def marginal_em(
                 sparsity = gradient_sparsity(x[..., c:-c, c:-c])
                 hist["starts"][start] = {"sparsity": sparsity, "kernel": h.cpu(), "score_evals": evals - first}
             runs.append((start, h, x, scales, polished))
-        start, h, x, hist["scales"], hist["polish"] = min(
-            runs, key=lambda run: hist["starts"][run[0]]["sparsity"] if len(starts) > 1 else 0
-        )
-        if len(starts) > 1:
-            hist["chosen"] = start
+        if len(starts) > 1:  # the start whose compared image is the sparser (module docstring, "Two starts")
+            runs = [min(runs, key=lambda run: hist["starts"][run[0]]["sparsity"])]
+            hist["chosen"] = runs[0][0]
+        start, h, x, hist["scales"], hist["polish"] = runs[0]
         # the kept start's remaining rounds (module docstring, "Two starts")
         h, evals = polish_rounds(start, h, x, range(compared, int(polish)), hist["polish"], evals)
         # the returned image: a separate non-blind pass under the final kernel, x restarted from y, one HQS pair per σ
