@@ -14,6 +14,7 @@ SCRIPTS = [
     "levin_solver.py",
     "synthetic_blind.py",
     "validation_cost.py",
+    "prox_valid.py",
 ]
 
 if __name__ == "__main__":
