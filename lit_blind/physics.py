@@ -5,7 +5,10 @@ at the centre pixel, batched over (image, kernel) pairs: an image batch of 1 bro
 kernels and vice versa. Boundaries: ``"circular"`` (paper §4.1; output has the image size) and
 ``"valid"`` (real photographs; output is (H − k + 1, W − k + 1)). The FFT routines of
 ``deepinv.physics.functional`` do the work; only the closed-form inverse and prox are written here, because
-deepinv's ``BlurFFT`` stores the filter it is called with and hard-codes its pseudo-inverse threshold.
+deepinv's ``BlurFFT`` stores the filter it is called with and hard-codes its pseudo-inverse threshold, and the
+valid prox's CG operator (twenty-eighth session), which transforms the kernel once per prox on an FFT-friendly grid
+where deepinv's ``conv2d_fft`` / ``conv_transpose2d_fft`` transform it at every call on the sizes as they come:
+3.6× faster per prox at a Levin capture's size, equal within 2e-14 (``benchmarks/prox_valid.py``).
 """
 
 from __future__ import annotations
