@@ -66,10 +66,14 @@ def test_prox_optimality_and_fft_equals_cg(gen, gamma):
     torch.testing.assert_close(u, u_cg, atol=1e-6, rtol=0)
 
 
-def test_prox_valid_optimality(gen):
-    z = torch.rand(2, 1, 33, 29, generator=gen, dtype=D)
-    h = _kernels(gen, 2, 7)
-    y = torch.rand(2, 1, 27, 23, generator=gen, dtype=D)
+@pytest.mark.parametrize(("batch", "channels", "k"), [(2, 1, 7), (1, 3, 1), (1, 3, 11), (2, 2, 5)])
+def test_prox_valid_optimality(gen, batch, channels, k):
+    """The valid prox (its own operator on an FFT-friendly grid) against the optimality condition written with
+    deepinv's valid convolution and its adjoint (blur, adjoint): kernels of 1 pixel to a third of the image, a
+    kernel per image or one for every channel, sizes that are not FFT-friendly (33 × 29)."""
+    z = torch.rand(batch, channels, 33, 29, generator=gen, dtype=D)
+    h = _kernels(gen, batch, k)
+    y = torch.rand(batch, channels, 34 - k, 30 - k, generator=gen, dtype=D)
     u = prox_data(z, y, h, 0.8, boundary="valid", tol=1e-10)
     grad = 0.8 * adjoint(blur(u, h, "valid") - y, h, "valid") + (u - z)
     assert grad.abs().max() < 1e-6
