@@ -8,7 +8,7 @@ kernels and vice versa. Boundaries: ``"circular"`` (paper §4.1; output has the 
 deepinv's ``BlurFFT`` stores the filter it is called with and hard-codes its pseudo-inverse threshold, and the
 valid prox's CG operator (twenty-eighth session), which transforms the kernel once per prox on an FFT-friendly grid
 where deepinv's ``conv2d_fft`` / ``conv_transpose2d_fft`` transform it at every call on the sizes as they come:
-3.6× faster per prox at a Levin capture's size, equal within 2e-14 (``benchmarks/prox_valid.py``).
+3.6–4.0× faster per prox at a Levin capture's size (two runs), equal within 2e-14 (``benchmarks/prox_valid.py``).
 """
 
 from __future__ import annotations
