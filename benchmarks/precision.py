@@ -55,6 +55,24 @@ def psnr(ds: list[torch.Tensor], images: list[torch.Tensor]) -> float:
     return sum(-10 * math.log10(float((d - im).pow(2).mean())) for d, im in zip(ds, images, strict=True)) / len(ds)
 
 
+def levin_items() -> dict[str, dict] | None:
+    """The Levin captures by image id; None, with a line saying so, where the data is absent."""
+    if not (DATA / "levin09").is_dir():
+        print(f"EM skipped: no Levin data under {DATA / 'levin09'}")
+        return None
+    dm = LevinDataModule(root=str(DATA / "levin09"))
+    dm.setup()
+    return {item["image_id"]: item for item in dm.items}
+
+
+def timed_em(prior, item: dict, **options) -> tuple[float, float, float]:
+    """``marginal_em`` with its defaults but ``options`` on one Levin capture: (seconds, error ratio, kernel error)."""
+    y, x, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
+    t = time.perf_counter()
+    res = marginal_em(y, prior, 31, **options)
+    return time.perf_counter() - t, error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=8, help="BSD68 photographs for the PSNR (0: timing only)")
@@ -85,27 +103,15 @@ def main() -> None:
             rms = math.sqrt(sum(float((y - x).pow(2).mean()) for x, y in zip(a, b, strict=True)) / len(a))
             pa, pb = psnr(a, images), psnr(b, images)
             print(f"{sigma:>6} {pa:>8.3f} {pb:>8.3f} {pb - pa:>+7.3f} {rms:>17.2e}")
-    if not args.levin:
+    items = levin_items() if args.levin else None
+    if items is None:
         return
-    if not (DATA / "levin09").is_dir():
-        print(f"EM skipped: no Levin data under {DATA / 'levin09'}")
-        return
-    dm = LevinDataModule(root=str(DATA / "levin09"))
-    dm.setup()
-    items = {item["image_id"]: item for item in dm.items}
     print("marginal_em (defaults, both starts) on Levin captures")
     print(
         f"{'capture':>12} {'fp32 s':>7} {'bf16 s':>7} {'speed-up':>8} {'ER fp32':>8} {'ER bf16':>8} {'ke fp32':>8} {'ke bf16':>8}"
     )
     for image_id in args.levin:
-        item = items[image_id]
-        y, x, h = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
-        row = {}
-        for precision in PRECISIONS:
-            t = time.perf_counter()
-            res = marginal_em(y, prior, 31, precision=precision)
-            row[precision] = (time.perf_counter() - t, error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h))
-        (ta, ea, ka), (tb, eb, kb) = row["32-true"], row["bf16-mixed"]
+        (ta, ea, ka), (tb, eb, kb) = (timed_em(prior, items[image_id], precision=p) for p in PRECISIONS)
         print(f"{image_id:>12} {ta:>7.1f} {tb:>7.1f} {ta / tb:>7.2f}x {ea:>8.2f} {eb:>8.2f} {ka:>8.3f} {kb:>8.3f}")
 
 

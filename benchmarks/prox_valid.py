@@ -14,22 +14,17 @@ the EM's coarse levels can amplify).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import time
 from unittest import mock
 
 import torch
 from deepinv.optim.linear import conjugate_gradient
 from deepinv.physics.functional import conv2d_fft, conv_transpose2d_fft
+from precision import levin_items, timed_em  # beside this script
+from validation_cost import seconds  # beside this script
 
 from lit_blind import marginal
-from lit_blind.data import LevinDataModule
-from lit_blind.io import data_path
 from lit_blind.loading import load_prior
-from lit_blind.metrics import error_ratio, kernel_error
 from lit_blind.physics import blur, prox_data_unchecked
-
-DATA = data_path("../shared/data")
 
 
 def prox_deepinv(z, y, h, gamma, boundary="valid", max_iter=500, tol=1e-7):
@@ -41,14 +36,6 @@ def prox_deepinv(z, y, h, gamma, boundary="valid", max_iter=500, tol=1e-7):
         return gamma * conv_transpose2d_fft(conv2d_fft(u, h, padding="valid"), h, padding="valid") + u
 
     return conjugate_gradient(normal, rhs, max_iter=max_iter, tol=tol, init=z)
-
-
-def seconds(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    return (time.perf_counter() - t) / repeats, out
 
 
 def main() -> None:
@@ -71,29 +58,18 @@ def main() -> None:
     tb, ub = seconds(lambda: prox_data_unchecked(z, y, h, 10.0, "valid", max_iter=30, tol=1e-6), args.repeats)
     print(f"{'deepinv':>10} {1e3 * ta:>8.1f}\n{'ours':>10} {1e3 * tb:>8.1f}")
     print(f"speed-up {ta / tb:.2f}x, max |difference| {float((ua - ub).abs().max()):.1e}")
-    if not args.levin:
+    items = levin_items() if args.levin else None
+    if items is None:
         return
-    if not (DATA / "levin09").is_dir():
-        print(f"EM skipped: no Levin data under {DATA / 'levin09'}")
-        return
-    dm = LevinDataModule(root=str(DATA / "levin09"))
-    dm.setup()
-    items = {item["image_id"]: item for item in dm.items}
     prior = load_prior("natural-gray-small")
     print("marginal_em (defaults, both starts) on Levin captures")
     print(
         f"{'capture':>12} {'base s':>7} {'ours s':>7} {'speed-up':>8} {'ER base':>8} {'ER ours':>8} {'ke base':>8} {'ke ours':>8}"
     )
     for image_id in args.levin:
-        item = items[image_id]
-        yl, xl, hl = item["image"][None].double(), item["sharp"][None].double(), item["kernel"][None].double()
-        row = []
-        for patch in (mock.patch.object(marginal, "prox_data_unchecked", prox_deepinv), contextlib.nullcontext()):
-            with patch:
-                t = time.perf_counter()
-                res = marginal.marginal_em(yl, prior, 31)
-                row.append((time.perf_counter() - t, error_ratio(yl, xl, res.kernel, hl), kernel_error(res.kernel, hl)))
-        (ta, ea, ka), (tb, eb, kb) = row
+        with mock.patch.object(marginal, "prox_data_unchecked", prox_deepinv):
+            ta, ea, ka = timed_em(prior, items[image_id])
+        tb, eb, kb = timed_em(prior, items[image_id])
         print(f"{image_id:>12} {ta:>7.1f} {tb:>7.1f} {ta / tb:>7.2f}x {ea:>8.3f} {eb:>8.3f} {ka:>8.3f} {kb:>8.3f}")
 
 

@@ -25,7 +25,7 @@ from lit_blind.physics import blur, prox_data, prox_data_unchecked
 from lit_blind.priors import GaussianPrior
 
 
-def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+def seconds(fn, repeats: int) -> tuple[float, torch.Tensor]:
     out = fn()  # warm-up
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -61,8 +61,8 @@ def main() -> None:
                 ),
             }
             for step, (checked, unchecked) in pairs.items():
-                t_c, a = _time(checked, args.repeats)
-                t_u, b = _time(unchecked, args.repeats)
+                t_c, a = seconds(checked, args.repeats)
+                t_u, b = seconds(unchecked, args.repeats)
                 diff = float((a - b).abs().max())
                 print(f"{name:20s} {step:28s} {1e3 * t_c:9.3f} {1e3 * t_u:10.3f} {t_c / t_u:6.2f} {diff:11.1e}")
 
