@@ -14,7 +14,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
-        [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser]
+        [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser] [--repetition 0]
         [--precision 32-true]
 """
 
@@ -129,6 +129,13 @@ def main() -> None:
         "twenty-third session)",
     )
     ap.add_argument(
+        "--repetition",
+        type=float,
+        default=None,
+        help="the polishing's kernel steps leave out gradients repeating above this correlation (default: the engine's, "
+        "0.2; 0, off, before the twenty-ninth session)",
+    )
+    ap.add_argument(
         "--init",
         default=None,
         choices=["large", "small", "both"],
@@ -152,7 +159,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance init precision"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

@@ -15,6 +15,7 @@ from lit_blind.marginal import (
     SIGMA_END_PER_NOISE,
     STARTS,
     e_step,
+    edge_repetition,
     edge_usefulness,
     gradient_covariance_trace,
     gradient_sparsity,
@@ -100,6 +101,47 @@ def test_edge_usefulness_is_one_along_a_straight_edge_and_small_on_fine_stripes(
     stripes = (torch.arange(40, dtype=D) % 2).expand(1, 1, 40, 40)
     inner = edge_usefulness(stripes, 5)[..., 2:-2, 2:-2]
     torch.testing.assert_close(inner, torch.full_like(inner, 0.2))
+
+
+def test_edge_repetition_marks_stripes_and_not_edges_or_stroke_pairs():
+    """Stripes of period 8 (sinusoidal, so every correlation is exact): their gradients agree with themselves at one
+    and two periods and oppose themselves at the half periods, rep = 1 away from the border; after a blur too, which
+    commutes with shifts; unchanged by the image's scale and offset. A straight step edge opposes itself nowhere and
+    a pair of parallel strokes has no second period: rep ≤ 0."""
+    k, n = 31, 96
+    i = torch.arange(n, dtype=D)
+    stripes = (0.5 + 0.4 * torch.sin(2 * math.pi * (i[:, None] + 0.5 * i[None, :]) / 8)).expand(1, 1, n, n)
+    rep = edge_repetition(stripes, k)
+    assert rep.shape == (1, 1, n - 1, n - 1) and rep.dtype == D
+    inner = (slice(None), slice(None), slice(k, -k), slice(k, -k))
+    assert rep[inner].min() > 0.95
+    blurred = blur(stripes, gaussian_kernel(9, 1.5).to(D), "valid")
+    assert edge_repetition(blurred, k)[inner].min() > 0.95
+    torch.testing.assert_close(edge_repetition(3 * stripes - 1, k), rep, atol=1e-4, rtol=0)
+    edge = torch.zeros(1, 1, n, n, dtype=D)
+    edge[..., n // 2 :] = 1.0
+    strokes = torch.zeros(1, 1, n, n, dtype=D)
+    strokes[..., 40:43] = strokes[..., 50:53] = 1.0
+    assert edge_repetition(edge, k).max() < 1e-3 and edge_repetition(strokes, k).max() < 1e-3
+
+
+def test_kernel_step_leaves_the_excluded_gradients_out(monkeypatch):
+    x = _blocks(48, 48)
+    y = blur(x, _motion_kernel(7), "valid")
+    exclude = torch.zeros(1, 1, 41, 41, dtype=torch.bool)
+    exclude[..., 10:30, 5:25] = True
+    seen = []
+    equations = marginal.kernel_normal_equations
+    monkeypatch.setattr(marginal, "kernel_normal_equations", lambda gs, ys, k: seen.append(gs) or equations(gs, ys, k))
+    kept = kernel_step(x, y, 7, 1.0, edges=5, exclude=exclude)
+    gx, gy = seen[0]  # z's gradients as kept; y's pixel i lies under z's pixel i + 3
+    assert gx[..., 13:33, 8:28].abs().max() == 0 and gy[..., 13:33, 8:28].abs().max() == 0
+    assert gx.abs().sum() > 0
+    assert not torch.allclose(kept, kernel_step(x, y, 7, 1.0, edges=5))
+    torch.testing.assert_close(
+        kernel_step(x, y, 7, 1.0, edges=5, exclude=~exclude.any().expand_as(exclude)),
+        kernel_step(x, y, 7, 1.0, edges=5),
+    )
 
 
 def test_edge_window_changes_which_gradients_the_kernel_step_keeps():
@@ -866,3 +908,35 @@ def test_flanks_keep_the_neighbours_of_the_kept_gradients(monkeypatch):
     assert errors[1] < 0.8 * errors[0]
     with pytest.raises(ValueError, match="polish_flanks must be a non-negative integer, got -1"):
         marginal_em(y, GaussianPrior(), 9, polish_flanks=-1)
+
+
+def test_marginal_em_measures_the_repetition_on_the_polishing_images(monkeypatch):
+    """One map per polishing round, on the final pass's image (on y's grid) that the round's kernel step fits, which
+    gets the map above ``repetition``; the pyramid's kernel steps get none; ``repetition=0`` measures nothing."""
+    y = blur(_blocks(40, 40), gaussian_kernel(7, 1.0).to(D), "valid")
+    maps, steps = [], []
+    measure, step = marginal.edge_repetition, marginal.kernel_step
+
+    def fit(z, y, k, *a, exclude=None, **kw):
+        steps.append((z, k, exclude))
+        return step(z, y, k, *a, exclude=exclude, **kw)
+
+    monkeypatch.setattr(marginal, "edge_repetition", lambda x, k: maps.append((x, k)) or measure(x, k))
+    monkeypatch.setattr(marginal, "kernel_step", fit)
+    res = marginal_em(y, GaussianPrior(), 7, iters=2, min_kernel=5, polish=3, compare_after=2)
+    assert [k for _, k in pyramid(7, 5)] == [5, 5, 7]
+    assert [k for _, k, _ in steps] == [5, 5, 5, 5, 7, 7, 7, 7] * 2 + [7]
+    polishing = [s for i, s in enumerate(steps) if i % 8 >= 6 or i == 16]  # two rounds per start, the kept one's third
+    assert all(e is None for i, (_, _, e) in enumerate(steps) if i % 8 < 6 and i < 16)
+    assert len(maps) == len(polishing) == 5 and len(res.history["polish"]) == 3
+    for (x, k), (z, _, e) in zip(maps, polishing, strict=True):
+        assert k == 7 and x.shape == y.shape and e.dtype == torch.bool
+        torch.testing.assert_close(x, z[..., 3:-3, 3:-3])  # the fitted image, on y's grid
+        torch.testing.assert_close(e, measure(x, 7) > marginal.REPETITION)
+    maps.clear()
+    marginal_em(y, GaussianPrior(), 7, iters=2, min_kernel=5, polish=3, repetition=0)
+    assert maps == []
+    with pytest.raises(ValueError, match=r"repetition must be in \[0, 1\) \(a correlation; 0: off\), got 1.0"):
+        marginal_em(y, GaussianPrior(), 7, repetition=1.0)
+    with pytest.raises(ValueError, match="repetition must be a finite number >= 0, got -0.1"):
+        marginal_em(y, GaussianPrior(), 7, repetition=-0.1)
