@@ -209,6 +209,14 @@ def deblur_parser() -> argparse.ArgumentParser:
         "selected gradients alone, as before (default: 1)",
     )
     em_only.add_argument(
+        "--repetition",
+        type=float,
+        default=None,
+        help="the polishing's kernel steps leave out the gradients whose repetition within the kernel's support, a "
+        "correlation, exceeds R on the image they fit: stripes (README, 'Repeated texture left out of the "
+        "polishing': one Levin success more); 0 keeps them, as before (default: 0.2)",
+    )
+    em_only.add_argument(
         "--compare-after",
         type=int,
         default=None,
@@ -260,10 +268,20 @@ def deblur_main(argv: list[str]) -> int:
         for flag in ("--refine", "--polish", "--polish-flanks", "--compare-after"):
             if getattr(args, _dest(flag)) is not None and getattr(args, _dest(flag)) < 0:
                 raise ValueError(f"{flag} must be a non-negative integer, got {getattr(args, _dest(flag))}")
+        if args.repetition is not None and not 0 <= args.repetition < 1:
+            raise ValueError(f"--repetition must be in [0, 1) (a correlation; 0: off), got {args.repetition}")
     else:
         from lit_blind.deconv import preset
 
-        em_flags = ("--covariance", "--refine", "--polish", "--polish-covariance", "--polish-flanks", "--compare-after")
+        em_flags = (
+            "--covariance",
+            "--refine",
+            "--polish",
+            "--polish-covariance",
+            "--polish-flanks",
+            "--repetition",
+            "--compare-after",
+        )
         for flag in (*em_flags, "--precision"):
             if getattr(args, _dest(flag)) is not None:
                 raise ValueError(f"{flag} applies to --algorithm em only, not to --algorithm {args.algorithm}")
@@ -424,7 +442,16 @@ def _deblur_em(args, y, prior, state: dict):
     if args.family != "simplex":
         raise ValueError(f"--algorithm em estimates a free-form kernel: --family must be simplex, got {args.family!r}")
     # the engine's defaults, declared once, in its signature
-    names = ("init", "covariance", "refine", "polish", "polish_covariance", "polish_flanks", "compare_after")
+    names = (
+        "init",
+        "covariance",
+        "refine",
+        "polish",
+        "polish_covariance",
+        "polish_flanks",
+        "repetition",
+        "compare_after",
+    )
     for name in (*names, "precision"):
         if getattr(args, name) is None:
             setattr(args, name, inspect.signature(marginal_em).parameters[name].default)
@@ -439,7 +466,7 @@ def _deblur_em(args, y, prior, state: dict):
         noise = {} if args.sigma_y is None else {"sigma_y": args.sigma_y}  # in place of the engine's estimate
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
-            polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks,
+            polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks, repetition=args.repetition,
             compare_after=args.compare_after, precision=args.precision, callback=progress, **noise,
         )  # fmt: skip
 
