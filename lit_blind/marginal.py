@@ -387,7 +387,8 @@ def edge_repetition(x: Tensor, k: int, chunk: int = 64) -> Tensor:
     at the half periods — stripes. There a kernel and its copy offset by a period blur x alike (a blur along the
     stripes leaves them unchanged too), so their edges cannot tell the kernel from a sum of its copies (module
     docstring, "Repeated texture"). Along an isolated edge the gradients do not oppose themselves at any shift, and
-    one pair of parallel strokes has no second period, so neither counts. Hand-written: no library computes it."""
+    one pair of parallel strokes has no second period, so neither counts. Near the border the shifted window's energy
+    counts pixels whose partners lie outside x, which only lowers |c_d|. Hand-written: no library computes it."""
     gx, gy = image_gradient(x.float())
     g = torch.cat([gx[..., :-1, :], gy[..., :, :-1]], 1)
     H, W = g.shape[-2:]
@@ -402,7 +403,7 @@ def edge_repetition(x: Tensor, k: int, chunk: int = 64) -> Tensor:
         ed = torch.cat([energy_p[..., R + a : R + a + H, R + b : R + b + W] for a, b in shifts])
         return window_sums((g * gd).sum(1, keepdim=True), k) / (energy * ed).clamp_min(floor).sqrt()
 
-    half = [(a, b) for a in range(r + 1) for b in range(-r, r + 1) if a > 0 or b > 0]  # e and −e give the same
+    half = [(a, b) for a in range(r + 1) for b in range(-r, r + 1) if a > 0 or b > 0]  # −e: the same pairs, moved
     rep = torch.full_like(energy, -1.0)
     for i in range(0, len(half), chunk):
         es = half[i : i + chunk]

@@ -125,6 +125,29 @@ def test_edge_repetition_marks_stripes_and_not_edges_or_stroke_pairs():
     assert edge_repetition(edge, k).max() < 1e-3 and edge_repetition(strokes, k).max() < 1e-3
 
 
+def test_edge_repetition_matches_its_definition_by_brute_force():
+    """rep(p) = max_e min(c_2e, c_4e, −c_e, −c_3e) over the half plane of e, ‖4e‖∞ ≤ k − 1, c_d the correlation
+    coefficient of ∇x and ∇x shifted by d over the k × k window at p, computed pixel by pixel at interior points."""
+    k, n = 9, 40
+    x = _blocks(n, n, seed=3) + 0.2 * torch.sin(torch.arange(n, dtype=D) * 2 * math.pi / 6)
+    gx, gy = image_gradient(x)
+    g = torch.stack([gx[0, 0, :-1, :], gy[0, 0, :, :-1]])  # (2, n − 1, n − 1)
+    rep = edge_repetition(x, k)[0, 0]
+
+    def c(p: tuple[int, int], d: tuple[int, int]) -> float:
+        win = g[:, p[0] - k // 2 : p[0] + k // 2 + 1, p[1] - k // 2 : p[1] + k // 2 + 1]
+        moved = g[:, p[0] - k // 2 + d[0] : p[0] + k // 2 + 1 + d[0], p[1] - k // 2 + d[1] : p[1] + k // 2 + 1 + d[1]]
+        return float((win * moved).sum() / (win.pow(2).sum() * moved.pow(2).sum()).sqrt())
+
+    r = (k - 1) // 4
+    half = [(a, b) for a in range(r + 1) for b in range(-r, r + 1) if a > 0 or b > 0]
+    for p in ((15, 15), (19, 12), (22, 24)):  # every shifted window inside the image
+        want = max(
+            min(c(p, (2 * a, 2 * b)), c(p, (4 * a, 4 * b)), -c(p, (a, b)), -c(p, (3 * a, 3 * b))) for a, b in half
+        )
+        assert float(rep[p]) == pytest.approx(want, abs=1e-5)
+
+
 def test_kernel_step_leaves_the_excluded_gradients_out(monkeypatch):
     x = _blocks(48, 48)
     y = blur(x, _motion_kernel(7), "valid")
