@@ -15,6 +15,7 @@ SCRIPTS = [
     "synthetic_blind.py",
     "validation_cost.py",
     "prox_valid.py",
+    "repetition.py",
 ]
 
 if __name__ == "__main__":
