@@ -368,8 +368,8 @@ def edge_usefulness(y: Tensor, window: int) -> Tensor:
 
 def window_sums(a: Tensor, k: int) -> Tensor:
     """Sums of ``a`` ``(…, H, W)`` over the k × k window centred on each pixel (k odd), zero outside; by cumulative
-    sums, so the cost does not grow with k (``avg_pool2d``'s does, k² per pixel: 64 maps of 254², one thread, k = 31:
-    0.11 s against 3.1 s; float32 sums agree to 4e-6 of their size)."""
+    sums, so the cost does not grow with k (``avg_pool2d``'s does, k² per pixel: 31× slower on 64 maps of 254² at
+    k = 31, ``benchmarks/repetition.py``; the float32 sums agree to 8e-6 of the largest)."""
     h = k // 2
     a = F.pad(a, (h + 1, h, h + 1, h)).cumsum(-1).cumsum(-2)
     return a[..., k:, k:] - a[..., :-k, k:] - a[..., k:, :-k] + a[..., :-k, :-k]
