@@ -913,7 +913,8 @@ def marginal_em(
     # polishing (module docstring, "Polishing"): kernel steps on the final pass's image with the covariance term at
     # the photograph's noise level ("Polishing at the noise level"); reported as further iterations of the finest
     # level at the last σ_t
-    sig, li, p = float(sigmas[-1, -1]), len(levels) - 1, int(kernel_size) // 2
+    sig, li = float(sigmas[-1, -1]), len(levels) - 1
+    half = int(kernel_size) // 2  # the final pass's image on y's grid: x[..., half:-half, half:-half]
     csig = noise_end if polish_covariance == "noise" else sig
 
     def polish_rounds(start, h: Tensor, x: Tensor | None, rounds: range, polished: list, evals: int) -> tuple:
@@ -926,7 +927,7 @@ def marginal_em(
             c, gv, evals = covariance_term(h, x, x, sig, csig, evals, sigma_y)
             exclude = None  # the repeated texture of the image fitted (module docstring, "Repeated texture")
             if repetition:
-                exclude = edge_repetition(x[..., p:-p, p:-p], int(kernel_size)) > repetition
+                exclude = edge_repetition(x[..., half:-half, half:-half], int(kernel_size)) > repetition
             h = kernel_step(
                 x,
                 y,
@@ -951,7 +952,7 @@ def marginal_em(
         prior.local_attention() if attention == "local" else contextlib.nullcontext(),
         prior.precision("32-true" if covariance == "tweedie" else precision) as hist["precision"],
     ):
-        t0, evals, runs, c = time.perf_counter(), 0, [], int(kernel_size) // 2
+        t0, evals, runs = time.perf_counter(), 0, []
         for start in starts:
             first = evals
             h, scales, evals = coarse_to_fine(start, evals)
@@ -961,7 +962,7 @@ def marginal_em(
             if len(starts) > 1:  # the image the starts are compared on (module docstring, "Two starts")
                 x = final_pass(y, h)
                 evals += sigmas.shape[1]
-                sparsity = gradient_sparsity(x[..., c:-c, c:-c])
+                sparsity = gradient_sparsity(x[..., half:-half, half:-half])
                 hist["starts"][start] = {"sparsity": sparsity, "kernel": h.cpu(), "score_evals": evals - first}
             runs.append((start, h, x, scales, polished))
         if len(starts) > 1:  # the start whose compared image is the sparser (module docstring, "Two starts")
