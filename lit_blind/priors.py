@@ -41,6 +41,16 @@ def native_bf16(device: str) -> bool:
     return False
 
 
+def channels_last_output(module: nn.Module, inputs: tuple, output: object) -> Tensor | None:
+    """A forward hook: a 4-D tensor output in channels-last memory format (the same values), anything else as it
+    is. A network's first convolution takes a one-channel image, whose layout is both NCHW and channels-last, and
+    answers in NCHW; every later activation would then mix the two layouts, and an elementwise op or a concatenation
+    across them runs strided (:meth:`Prior.precision`)."""
+    if isinstance(output, Tensor) and output.dim() == 4 and not output.is_contiguous(memory_format=torch.channels_last):
+        return output.contiguous(memory_format=torch.channels_last)
+    return None
+
+
 class Prior(nn.Module):
     """Base class of every image prior: ``score(x, σ)``, ``denoise(x, σ)``, a σ range and a shape.
 
@@ -111,12 +121,15 @@ class Prior(nn.Module):
         precision in force. ``32-true``: as it is. ``bf16-mixed``: :func:`torch.autocast` to bfloat16 on the
         parameters' device (convolutions and matrix products in bfloat16, normalisations and reductions in
         float32; float64 work is left alone, so a caller's float64 solver is not touched) with the 4-D weights in
-        channels-last memory format, which oneDNN's bfloat16 convolutions need on a CPU; the weights are restored
-        on exit. ``auto``: ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA device that supports it,
+        channels-last memory format, which oneDNN's bfloat16 convolutions need on a CPU, and every submodule's 4-D
+        output too (:func:`channels_last_output`, a forward hook; thirtieth session): the weights and the hooks are
+        restored on exit. ``auto``: ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA device that supports it,
         a CPU with AVX512-BF16 or AMX), ``32-true`` elsewhere — on a CPU without them bfloat16 is emulated and
         slower than float32. Measured on this project's CPU (AMX, one thread; ``benchmarks/precision.py``):
         natural-gray-small on a 288 × 288 image 500 ms per call in float32, 242 ms in ``bf16-mixed`` (autocast
-        alone, without the channels-last weights, gained only 1.4×); on 8 BSD68 photographs its denoised images
+        alone, without the channels-last weights, gained only 1.4×) with NCHW activations, ≈ 170 ms with
+        channels-last ones (the UNet's one-channel input left its first convolution's output, and so every skip
+        connection's sum and concatenation, in NCHW; ``benchmarks/precision.py``); on 8 BSD68 photographs its denoised images
         differ from float32's by 5.6e-4 (root mean square) at σ = 0.01, a PSNR 0.03 dB lower. A
         prior without parameters (the analytic ones, exact in float64) or with a float64 network has nothing that
         autocast would change: ``auto`` is ``32-true`` there."""
@@ -133,10 +146,13 @@ class Prior(nn.Module):
         saved = {q: q.data for q in self.parameters() if q.dim() == 4}
         for q in saved:
             q.data = q.data.contiguous(memory_format=torch.channels_last)
+        hooks = [m.register_forward_hook(channels_last_output) for m in self.modules() if m is not self]
         try:
             with torch.autocast(device, dtype=torch.bfloat16):
                 yield precision
         finally:
+            for hook in hooks:
+                hook.remove()
             for q, data in saved.items():
                 q.data = data
 

@@ -245,8 +245,8 @@ def test_local_attention_windows_every_attention_block_at_the_training_size_and_
 
 def test_precision_bf16_mixed_runs_the_network_in_bfloat16_and_restores_its_weights(gen, monkeypatch):
     """Prior.precision("bf16-mixed"): the denoiser's convolutions in bfloat16 (the output within bfloat16's
-    rounding of float32's, and not equal to it), the 4-D weights channels-last inside and the very same tensors
-    afterwards, also when the block raises; "auto" follows the device's native bfloat16 support; a parameterless
+    rounding of float32's, and not equal to it), the 4-D weights and activations channels-last inside and the very
+    same weights, without hooks, afterwards, also when the block raises; "auto" follows the device's native bfloat16 support; a parameterless
     prior is left exact; a bad name is a ValueError naming the argument."""
     from lit_blind import priors
     from lit_blind.testing import tiny_unet_prior
@@ -260,7 +260,11 @@ def test_precision_bf16_mixed_runs_the_network_in_bfloat16_and_restores_its_weig
             assert used == "bf16-mixed"
             conv = prior.unet.down_blocks[0].resnets[0].conv1.weight
             assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+            # the first convolution takes a one-channel image (both layouts) and answers in NCHW without the hook
+            first = prior.unet.conv_in(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+            assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
             low = prior.denoise(x, 0.1)
+    assert not any(m._forward_hooks for m in prior.modules())  # the layout hooks are gone
     assert low.dtype == torch.float32
     rel = float((low - ref).norm() / (ref - x).norm())
     assert 0 < rel < 0.05  # bfloat16 keeps 8 bits of mantissa: ≈ 0.4 % per operation
