@@ -44,8 +44,10 @@ def native_bf16(device: str) -> bool:
 def channels_last_output(module: nn.Module, inputs: tuple, output: object) -> Tensor | None:
     """A forward hook: a 4-D tensor output in channels-last memory format (the same values), anything else as it
     is. A network's first convolution takes a one-channel image, whose layout is both NCHW and channels-last, and
-    answers in NCHW; every later activation would then mix the two layouts, and an elementwise op or a concatenation
-    across them runs strided (:meth:`Prior.precision`)."""
+    answers in NCHW where the later ones, with channels-last weights and inputs, answer in channels-last; the
+    activations then mix the two layouts, and an elementwise op or a concatenation across them runs strided
+    (:meth:`Prior.precision`). Only convolutions are hooked: their outputs are channels-last already but for that
+    first one, so a network that reshapes its activations meets no layout it did not meet before."""
     if isinstance(output, Tensor) and output.dim() == 4 and not output.is_contiguous(memory_format=torch.channels_last):
         return output.contiguous(memory_format=torch.channels_last)
     return None
@@ -121,7 +123,7 @@ class Prior(nn.Module):
         precision in force. ``32-true``: as it is. ``bf16-mixed``: :func:`torch.autocast` to bfloat16 on the
         parameters' device (convolutions and matrix products in bfloat16, normalisations and reductions in
         float32; float64 work is left alone, so a caller's float64 solver is not touched) with the 4-D weights in
-        channels-last memory format, which oneDNN's bfloat16 convolutions need on a CPU, and every submodule's 4-D
+        channels-last memory format, which oneDNN's bfloat16 convolutions need on a CPU, and every convolution's
         output too (:func:`channels_last_output`, a forward hook; thirtieth session): the weights and the hooks are
         restored on exit. ``auto``: ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA device that supports it,
         a CPU with AVX512-BF16 or AMX), ``32-true`` elsewhere — on a CPU without them bfloat16 is emulated and
@@ -146,7 +148,7 @@ class Prior(nn.Module):
         saved = {q: q.data for q in self.parameters() if q.dim() == 4}
         for q in saved:
             q.data = q.data.contiguous(memory_format=torch.channels_last)
-        hooks = [m.register_forward_hook(channels_last_output) for m in self.modules() if m is not self]
+        hooks = [m.register_forward_hook(channels_last_output) for m in self.modules() if isinstance(m, nn.Conv2d)]
         try:
             with torch.autocast(device, dtype=torch.bfloat16):
                 yield precision
