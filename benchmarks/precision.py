@@ -39,16 +39,12 @@ SIGMAS = (0.01, 0.02, 0.05)
 VARIANTS = {"32-true": ("32-true", False), "bf16 NCHW": ("bf16-mixed", True), "bf16-mixed": ("bf16-mixed", False)}
 
 
-@contextlib.contextmanager
-def nchw_activations(nchw: bool) -> Iterator[None]:
-    """Within this context (``nchw``) ``Prior.precision`` leaves the activations' layout alone, as before the thirtieth
-    session."""
-    with (
-        mock.patch.object(priors, "channels_last_output", lambda module, inputs, output: None)
-        if nchw
-        else (contextlib.nullcontext())
-    ):
-        yield
+def nchw_activations(nchw: bool) -> contextlib.AbstractContextManager:
+    """With ``nchw``, a context within which ``Prior.precision`` leaves the activations' layout alone, as before the
+    thirtieth session (its hook patched out); otherwise one that changes nothing."""
+    if not nchw:
+        return contextlib.nullcontext()
+    return mock.patch.object(priors, "channels_last_output", lambda module, inputs, output: None)
 
 
 @contextlib.contextmanager
@@ -139,13 +135,16 @@ def main() -> None:
     if items is None:
         return
     print("marginal_em (defaults, both starts) on Levin captures: seconds, error ratio, kernel error")
-    print(f"{'capture':>12} " + " ".join(f"{v + ' ' + q:>16}" for q in ("s", "ER", "ke") for v in names))
+    print(
+        f"{'capture':>12} " + " ".join(f"{v + ' ' + q:>14}" for q in ("s", "ER", "ke") for v in names) + "  NCHW/bf16 s"
+    )
     for image_id in args.levin:
         runs = []
         for v in names:
             with nchw_activations(VARIANTS[v][1]):
                 runs.append(timed_em(prior, items[image_id], precision=VARIANTS[v][0]))
-        print(f"{image_id:>12} " + " ".join(f"{r[q]:>16.3f}" for q in range(3) for r in runs))
+        cells = " ".join(f"{r[q]:>14.3f}" for q in range(3) for r in runs)
+        print(f"{image_id:>12} {cells} {runs[1][0] / runs[2][0]:>11.2f}x")
 
 
 if __name__ == "__main__":
