@@ -121,9 +121,8 @@ def main() -> None:
     elif files:
         images = [read_image(f, channels=1).float() for f in files]
         print(f"denoising PSNR (dB), mean over {len(images)} BSD68 photographs at full size")
-        print(
-            f"{'sigma':>6} {'fp32':>8} {'bf16 NCHW':>9} {'bf16':>8} {'diff':>7} {'rms(NCHW - fp32)':>17} {'rms(bf16 - fp32)':>17}"
-        )
+        rms = ("rms(NCHW - fp32)", "rms(bf16 - fp32)")
+        print(f"{'sigma':>6} {'fp32':>8} {'bf16 NCHW':>9} {'bf16':>8} {'diff':>7} {rms[0]:>17} {rms[1]:>17}")
         for sigma in SIGMAS:
             a, n, b = (denoised(prior, images, sigma, v) for v in names)
             rn, rb = (

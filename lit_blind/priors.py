@@ -125,13 +125,13 @@ class Prior(nn.Module):
         float32; float64 work is left alone, so a caller's float64 solver is not touched) with the 4-D weights in
         channels-last memory format, which oneDNN's bfloat16 convolutions need on a CPU, and every convolution's
         output too (:func:`channels_last_output`, a forward hook; thirtieth session): the weights and the hooks are
-        restored on exit. ``auto``: ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA device that supports it,
-        a CPU with AVX512-BF16 or AMX), ``32-true`` elsewhere — on a CPU without them bfloat16 is emulated and
-        slower than float32. Measured on this project's CPU (AMX, one thread; ``benchmarks/precision.py``):
-        natural-gray-small on a 288 × 288 image 500 ms per call in float32, 242 ms in ``bf16-mixed`` (autocast
-        alone, without the channels-last weights, gained only 1.4×) with NCHW activations, ≈ 170 ms with
-        channels-last ones (the UNet's one-channel input left its first convolution's output, and so every skip
-        connection's sum and concatenation, in NCHW; ``benchmarks/precision.py``); on 8 BSD68 photographs its denoised images
+        restored on exit. ``auto``: ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA device that
+        supports it, a CPU with AVX512-BF16 or AMX), ``32-true`` elsewhere — on a CPU without them bfloat16 is
+        emulated and slower than float32. Measured on this project's CPU (AMX, one thread;
+        ``benchmarks/precision.py``): natural-gray-small on a 288 × 288 image 500 ms per call in float32, 242 ms in
+        ``bf16-mixed`` (autocast alone, without the channels-last weights, gained only 1.4×) with NCHW activations,
+        ≈ 170 ms with channels-last ones (the UNet's one-channel input left its first convolution's output, and so
+        every skip connection's sum and concatenation, in NCHW); on 8 BSD68 photographs its denoised images
         differ from float32's by 5.6e-4 (root mean square) at σ = 0.01, a PSNR 0.03 dB lower. A
         prior without parameters (the analytic ones, exact in float64) or with a float64 network has nothing that
         autocast would change: ``auto`` is ``32-true`` there."""

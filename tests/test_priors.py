@@ -246,8 +246,8 @@ def test_local_attention_windows_every_attention_block_at_the_training_size_and_
 def test_precision_bf16_mixed_runs_the_network_in_bfloat16_and_restores_its_weights(gen, monkeypatch):
     """Prior.precision("bf16-mixed"): the denoiser's convolutions in bfloat16 (the output within bfloat16's
     rounding of float32's, and not equal to it), the 4-D weights and activations channels-last inside and the very
-    same weights, without hooks, afterwards, also when the block raises; "auto" follows the device's native bfloat16 support; a parameterless
-    prior is left exact; a bad name is a ValueError naming the argument."""
+    same weights, without hooks, afterwards, also when the block raises; "auto" follows the device's native bfloat16
+    support; a parameterless prior is left exact; a bad name is a ValueError naming the argument."""
     from lit_blind import priors
     from lit_blind.testing import tiny_unet_prior
 
