@@ -3,7 +3,9 @@ rotated by 90° (valid boundary, σ_y = 0.01 unless ``--noise``, 285×285 centre
 31×31 kernels, the large coarsest kernel unless ``--init small``).
 
 Each image is blurred by Levin kernel ``(3·n mod 8) + 1`` (n = the BSD68 number) turned by 90°, so neither the
-photographs nor the kernels are those of the Levin benchmark. Rows: the default EM (covariance term on),
+photographs nor the kernels are those of the Levin benchmark; ``--kernels motion`` blurs it instead by a random
+camera-shake kernel of deepinv's ``MotionBlurGenerator`` seeded by n (:func:`motion_kernel`), kernels from no
+benchmark at all. Rows: the default EM (covariance term on),
 EM without it, and EM with the analytic ``GaussianPrior`` in place of the diffusion prior (covariance off, and
 the default otherwise: ``--rows Wiener``);
 columns: error ratio (:func:`lit_blind.metrics.error_ratio`) and kernel error against the true kernel. The
@@ -13,7 +15,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
 (``covariance="hqs"``). ``--rows`` keeps the rows whose label contains one of the given words.
 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
-        [--edge-window 0] [--noise 0.003] [--init small] [--finest-inner 2]
+        [--edge-window 0] [--noise 0.003] [--kernels motion] [--init small] [--finest-inner 2]
         [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser] [--repetition 0]
         [--precision 32-true]
 """
@@ -25,6 +27,7 @@ import statistics
 
 import numpy as np
 import torch
+from deepinv.physics.generator import MotionBlurGenerator
 from PIL import Image
 
 from lit_blind._limits import ATTENTIONS, POLISH_COVARIANCES, PRECISIONS, SIGMA_Y_MAX
@@ -48,17 +51,35 @@ CONFIGS = {
 }
 
 
-def problem(name: str, seed: int, noise: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(y, the sharp part of x that y sees, the 31×31 true kernel, its Levin number); white noise of σ ``noise``."""
+def motion_kernel(number: int) -> torch.Tensor:
+    """A random camera-shake kernel of deepinv's ``MotionBlurGenerator`` (Schuler et al. 2015: a Gaussian-process
+    trajectory, Matérn covariance, length scale 0.3) on a 31×31 support, seeded by ``number``; its spread σ = 0.5
+    (deepinv's default 0.25) gives extents of 10–25 pixels on the first 16 seeds, the range of Levin's kernels
+    (13–27), so that they fit the 31×31 support the EM estimates."""
+    gen = MotionBlurGenerator((31, 31), rng=torch.Generator().manual_seed(number), dtype=torch.float64, sigma=0.5)
+    h = gen.step(1, seed=number)["filter"]
+    return h / h.sum()
+
+
+def problem(
+    name: str, seed: int, noise: float = 0.01, kernels: str = "levin"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(y, the sharp part of x that y sees, the 31×31 true kernel, its number: Levin's, or the motion kernel's seed);
+    white noise of σ ``noise``; ``kernels``: ``levin`` (turned by 90°) or ``motion`` (:func:`motion_kernel`)."""
     a = np.asarray(Image.open(DATA / "natural" / "BSD68" / f"{name}.png"), np.float64) / 255
     c0, c1 = (a.shape[0] - 285) // 2, (a.shape[1] - 285) // 2
     x = torch.from_numpy(a[c0 : c0 + 285, c1 : c1 + 285].copy())[None, None]
-    j = (int(name[-2:]) * 3) % 8
-    h = torch.rot90(read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[j], 1, (-2, -1)).double()
-    p = (31 - h.shape[-1]) // 2
-    h = torch.nn.functional.pad(h, (p,) * 4)
+    if kernels == "motion":
+        j = int(name[-2:])
+        h = motion_kernel(j)
+    else:
+        j = (int(name[-2:]) * 3) % 8
+        h = torch.rot90(read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[j], 1, (-2, -1)).double()
+        p = (31 - h.shape[-1]) // 2
+        h = torch.nn.functional.pad(h, (p,) * 4)
+        j += 1
     y = add_noise(blur(x, h, "valid"), noise, torch.Generator().manual_seed(seed))
-    return y, x[..., 15:-15, 15:-15], h, j + 1
+    return y, x[..., 15:-15, 15:-15], h, j
 
 
 def main() -> None:
@@ -70,6 +91,12 @@ def main() -> None:
         "--edge-window", type=int, default=None, help="usefulness window of the edge selection (0: magnitude only)"
     )
     ap.add_argument("--noise", type=float, default=0.01, help="σ_y of the white noise added to the blur")
+    ap.add_argument(
+        "--kernels",
+        default="levin",
+        choices=["levin", "motion"],
+        help="the blurs: Levin's kernels turned by 90° (default) or random camera shake (deepinv's MotionBlurGenerator)",
+    )
     ap.add_argument(
         "--sigma-end", type=float, default=None, help="the EM's last σ_t (default: the engine's, from the noise level)"
     )
@@ -163,11 +190,13 @@ def main() -> None:
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):
-        y, x, h, j = problem(name, n % 4, args.noise)
+        y, x, h, j = problem(name, n % 4, args.noise, args.kernels)
         for label, (prior, options) in configs.items():
             res = marginal_em(y, priors[prior], 31, **options, **engine)
             rows[label].append((error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)))
-            print(f"{name} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}")
+            print(
+                f"{name} {args.kernels} kernel {j}: {label}: ER {rows[label][-1][0]:.2f}, kernel error {rows[label][-1][1]:.3f}"
+            )
     print("| method | images | ER ≤ 3 | mean ER | median ER | mean kernel error | median kernel error |")
     print("|---|---|---|---|---|---|---|")
     for label, r in rows.items():
