@@ -12,7 +12,7 @@ holds what can be checked without one:
   does not say which it is); beside it, for scale, the references' own agreement (each to the other three);
 * **sparsity**: :func:`~lit_blind.marginal.gradient_sparsity` of the luminance, blurry → deblurred (lower: sharper);
 * **residual**: the rms of k ⋆ x̂ − y on the luminance over the noise level the engine estimated (≈ 1 when the
-  estimate explains the photograph down to its noise).
+  estimate explains the photograph down to its noise; x̂ read back from the 8-bit ``deblurred.png``).
 
     python benchmarks/kohler.py [--out outputs/kohler] [--shots 1 2 3 4] [--figure docs/kohler.png]
 """
@@ -65,8 +65,8 @@ def main() -> None:
             if lit_blind_main(["deblur", str(DATA / "blurry" / f"{name}.png"), "--out", str(out)]) != 0:
                 raise SystemExit(f"lit-blind deblur failed on {name}")
         summary = json.loads((out / "result.json").read_text())
-        y = to_channels(read_image(DATA / "blurry" / f"{name}.png"), 1).double()
-        x = to_channels(read_image(out / "deblurred.png"), 1).double()
+        photo, deblurred = read_image(DATA / "blurry" / f"{name}.png"), read_image(out / "deblurred.png")
+        y, x = (to_channels(im, 1).double() for im in (photo, deblurred))  # the luminances
         k = torch.from_numpy(np.load(out / "kernel.npy"))[None, None]
         ref = reference_kernel(DATA / "estimated_kernels_ircnn" / f"{name}_kernel.png", k.shape[-1])
         # the reference's orientation: the one whose blur of x̂ is closer to y (its file does not say)
@@ -76,7 +76,7 @@ def main() -> None:
         rows[name] = dict(
             kernel=k,
             ref=ref,
-            crops=(read_image(DATA / "blurry" / f"{name}.png"), read_image(out / "deblurred.png")),
+            crops=(photo, deblurred),
             reference=kernel_error(k, ref),
             sparsity=(gradient_sparsity(y), gradient_sparsity(x)),
             residual=residual,
