@@ -19,18 +19,18 @@ spread of a capture's error ratio between draws.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
 import yaml
-from precision import levin_items, nchw_activations, timed_em  # beside this script
+from precision import VARIANTS, levin_items, nchw_activations, timed_em  # beside this script
 
 from lit_blind.loading import load_prior
+from lit_blind.results import ResultsFile
 
-# draw → (marginal_em's precision, activations left in NCHW)
-DRAWS = {"cl": ("bf16-mixed", False), "nchw": ("bf16-mixed", True), "fp32": ("32-true", False)}
+# draw → (marginal_em's precision, activations left in NCHW): precision.py's variants under short names
+DRAWS = {"cl": VARIANTS["bf16-mixed"], "nchw": VARIANTS["bf16 NCHW"], "fp32": VARIANTS["32-true"]}
 
 
 def option(text: str) -> tuple[str, object]:
@@ -50,8 +50,8 @@ def part(text: str) -> tuple[int, int]:
 
 
 def read(path: Path) -> dict[str, dict]:
-    """The results of a jsonl file by image id (the last line of an id wins)."""
-    return {r["image_id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    """The rows of a results file by image id (the last line of an id wins; a torn last line is ignored)."""
+    return {r["image_id"]: r for r in ResultsFile(path.parent, key=("image_id",), name=path.name).rows()}
 
 
 def run(out: Path, draw: str, options: dict, which: tuple[int, int]) -> None:
@@ -61,25 +61,20 @@ def run(out: Path, draw: str, options: dict, which: tuple[int, int]) -> None:
     torch.set_num_threads(1)
     prior = load_prior("natural-gray-small").float()
     precision, nchw = DRAWS[draw]
-    path = out / f"{draw}.jsonl"
-    done = read(path) if path.is_file() else {}
-    for r in done.values():
+    results = ResultsFile(out, key=("image_id",), name=f"{draw}.jsonl")  # append-only, resumable
+    for r in results.rows():
         if r.get("options", {}) != options:
-            raise SystemExit(f"{path} holds results with options {r.get('options')}, not {options}: use another --out")
-    names = sorted(items)[which[0] :: which[1]]
-    out.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for name in names:
-            if name in done:
-                continue
-            with nchw_activations(nchw):
-                seconds, er, ke = timed_em(prior, items[name], precision=precision, **options)
-            row = dict(
-                image_id=name, error_ratio=er, kernel_error=ke, deblur_seconds=seconds, draw=draw, options=options
+            raise SystemExit(
+                f"{results.path} holds results with options {r.get('options')}, not {options}: use another --out"
             )
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            print(f"{draw} {name}: ER {er:.3f}, kernel error {ke:.3f}, {seconds:.1f} s", flush=True)
+    for name in sorted(items)[which[0] :: which[1]]:
+        if results.done({"image_id": name}):
+            continue
+        with nchw_activations(nchw):
+            seconds, er, ke = timed_em(prior, items[name], precision=precision, **options)
+        row = dict(image_id=name, error_ratio=er, kernel_error=ke, deblur_seconds=seconds, draw=draw, options=options)
+        results.append(row)
+        print(f"{draw} {name}: ER {er:.3f}, kernel error {ke:.3f}, {seconds:.1f} s", flush=True)
 
 
 def report(out: Path, baselines: list[Path]) -> None:

@@ -56,8 +56,7 @@ def motion_kernel(number: int) -> torch.Tensor:
     trajectory, Matérn covariance, length scale 0.3) on a 31×31 support, seeded by ``number``; its spread σ = 0.5
     (deepinv's default 0.25) gives extents of 10–25 pixels on the first 16 seeds, the range of Levin's kernels
     (13–27), so that they fit the 31×31 support the EM estimates."""
-    gen = MotionBlurGenerator((31, 31), rng=torch.Generator().manual_seed(number), dtype=torch.float64, sigma=0.5)
-    h = gen.step(1, seed=number)["filter"]
+    h = MotionBlurGenerator((31, 31), dtype=torch.float64, sigma=0.5).step(1, seed=number)["filter"]
     return h / h.sum()
 
 
