@@ -14,7 +14,10 @@ holds what can be checked without one:
 * **residual**: the rms of k ⋆ x̂ − y on the luminance over the noise level the engine estimated (≈ 1 when the
   estimate explains the photograph down to its noise; x̂ read back from the 8-bit ``deblurred.png``).
 
-    python benchmarks/kohler.py [--out outputs/kohler] [--shots 1 2 3 4] [--figure docs/kohler.png]
+``--window`` passes its value to ``lit-blind deblur --window`` (e.g. ``auto``: the kernel estimated on a 372 × 372
+part of each shot; README, "Large photographs").
+
+    python benchmarks/kohler.py [--out outputs/kohler] [--shots 1 2 3 4] [--window auto] [--figure docs/kohler.png]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/kohler"))
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     ap.add_argument("--figure", type=Path, default=None, help="a figure: centre crops, blurry and deblurred; kernels")
+    ap.add_argument("--window", default=None, help="lit-blind deblur's --window (default: its own)")
     args = ap.parse_args()
     if not (DATA / "blurry").is_dir():
         print(f"skipped: no Köhler shots under {DATA / 'blurry'}")
@@ -62,7 +66,8 @@ def main() -> None:
     for p in args.shots:
         name, out = f"Blurry{p}_1", args.out / f"Blurry{p}_1"
         if not (out / "result.json").is_file():
-            if lit_blind_main(["deblur", str(DATA / "blurry" / f"{name}.png"), "--out", str(out)]) != 0:
+            window = [] if args.window is None else ["--window", args.window]
+            if lit_blind_main(["deblur", str(DATA / "blurry" / f"{name}.png"), "--out", str(out), *window]) != 0:
                 raise SystemExit(f"lit-blind deblur failed on {name}")
         summary = json.loads((out / "result.json").read_text())
         photo, deblurred = read_image(DATA / "blurry" / f"{name}.png"), read_image(out / "deblurred.png")

@@ -225,6 +225,14 @@ def deblur_parser() -> argparse.ArgumentParser:
         "non-blind pass); N at least the number of rounds polishes both starts fully (default: 2)",
     )
     em_only.add_argument(
+        "--window",
+        default=None,
+        help="estimate the kernel on a square part of the photo, the one with the most isolated straight edges, and "
+        "deconvolve the whole photo under it (README, 'Large photographs': 3x faster on an 800x800 photo, kernels "
+        "less accurate on real shake): full (the whole photo), auto (12 kernel sizes a side) or a side in pixels "
+        "of at least the kernel size (default: full)",
+    )
+    em_only.add_argument(
         "--precision",
         default=None,
         choices=PRECISIONS,
@@ -270,6 +278,13 @@ def deblur_main(argv: list[str]) -> int:
                 raise ValueError(f"{flag} must be a non-negative integer, got {getattr(args, _dest(flag))}")
         if args.repetition is not None and not 0 <= args.repetition < 1:
             raise ValueError(f"--repetition must be in [0, 1) (a correlation; 0: off), got {args.repetition}")
+        if args.window is not None and args.window not in ("auto", "full"):
+            if not (args.window.isdigit() and int(args.window) >= args.kernel_size):
+                raise ValueError(
+                    f"--window must be auto, full or a side of at least --kernel-size ({args.kernel_size}) pixels, "
+                    f"got {args.window!r}"
+                )
+            args.window = int(args.window)
     else:
         from lit_blind.deconv import preset
 
@@ -281,6 +296,7 @@ def deblur_main(argv: list[str]) -> int:
             "--polish-flanks",
             "--repetition",
             "--compare-after",
+            "--window",
         )
         for flag in (*em_flags, "--precision"):
             if getattr(args, _dest(flag)) is not None:
@@ -351,6 +367,7 @@ def deblur_main(argv: list[str]) -> int:
     if args.algorithm == "em":  # the noise level the EM used (its luminance's for RGB) and where σ_t ended
         summary |= {"em_sigma_y": res.history["sigma_y"], "em_sigma_end": res.history["sigma"][-1]}
         summary["em_precision"] = res.history["precision"]  # what --precision auto resolved to
+        summary["em_window"] = res.history["window"]  # (top, left, height, width) the kernel was estimated on
         if "chosen" in res.history:  # --init both: the start whose result was kept
             summary["em_init_kept"] = res.history["chosen"]
     for warning in summary["warnings"]:
@@ -413,7 +430,8 @@ def _atomic_write(path: Path, write) -> None:
 
 def _write_outputs(out: Path, y, x, kernel, summary: dict) -> None:
     """Every file atomically, ``result.json`` last. With the valid boundary x is larger than y by the kernel's
-    support and is cropped to it; an EM run interrupted at a coarse level is written at that level's size."""
+    support and is cropped to it; an EM run interrupted at a coarse level is written at that level's size, and
+    within ``--window`` at that window's."""
     import numpy as np
     import torch
 
@@ -451,6 +469,7 @@ def _deblur_em(args, y, prior, state: dict):
         "polish_flanks",
         "repetition",
         "compare_after",
+        "window",
     )
     for name in (*names, "precision"):
         if getattr(args, name) is None:
@@ -467,7 +486,8 @@ def _deblur_em(args, y, prior, state: dict):
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
             polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks, repetition=args.repetition,
-            compare_after=args.compare_after, precision=args.precision, callback=progress, **noise,
+            compare_after=args.compare_after, window=args.window, precision=args.precision, callback=progress,
+            **noise,
         )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from lit_blind.marginal import (
     gradient_sparsity,
     kernel_normal_equations,
     kernel_step,
+    kernel_window,
     marginal_em,
     prune_kernel,
     pyramid,
@@ -455,6 +456,9 @@ def test_marginal_em_warm_starts_from_a_given_kernel():
         ({"polish_covariance": "prior"}, "polish_covariance must be one of"),
         ({"precision": "bf16"}, "precision must be one of"),
         ({"covariance": "tweedie", "precision": "bf16-mixed"}, "precision must be '32-true' or 'auto' with"),
+        ({"window": 8}, r"window must be 'auto', 'full' or an integer side of at least kernel_size \(9\), got 8"),
+        ({"window": "half"}, "window must be one of"),
+        ({"window": True}, "window must be 'auto', 'full' or an integer"),
     ],
 )
 def test_marginal_em_rejects_bad_arguments(kwargs, match):
@@ -821,6 +825,41 @@ def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
     assert torch.allclose(res.kernel, gray.kernel)  # the kernel is the luminance's
     with pytest.raises(ValueError, match="or 3"):
         marginal_em(torch.rand(1, 2, 40, 40, dtype=torch.float64), GaussianPrior(), 7)
+
+
+def test_kernel_window_is_the_window_whose_ranked_gradients_sum_highest():
+    """Against the sums of every window by brute force, on an image whose edges lie in one corner."""
+    y = torch.zeros(1, 1, 40, 52, dtype=D)
+    y[..., 22:, 30:] = _blocks(18, 22)
+    top, left, h, w = kernel_window(y, 16)
+    gx, gy = image_gradient(y)
+    score = (gx[..., :-1, :] ** 2 + gy[..., :, :-1] ** 2).sqrt() * edge_usefulness(y, 5)
+    sums = torch.tensor([[score[0, 0, i : i + 15, j : j + 15].sum() for j in range(52 - 15)] for i in range(40 - 15)])
+    assert (h, w) == (16, 16) and float(sums[top, left]) == pytest.approx(float(sums.max()), rel=1e-12)
+    assert top >= 22 - 15 and left >= 30 - 15  # the window overlaps the edges
+    assert kernel_window(y, 45)[2:] == (40, 45)  # each side capped at the image's
+
+
+def test_the_kernel_is_estimated_on_the_window_and_the_whole_photograph_deconvolved_under_it():
+    x = torch.full((1, 1, 70, 110), 0.4, dtype=D)
+    x[..., 10:66, 52:106] = _blocks(56, 54)  # the edges lie in the right part
+    h_true = _motion_kernel(7)
+    y = add_noise(blur(x, h_true, "valid"), 0.01, torch.Generator().manual_seed(0))
+    res = marginal_em(y, GaussianPrior(), 7, iters=2, window=60, sigma_y=0.01)
+    top, left, h, w = res.history["window"]
+    assert (h, w) == (60, 60) and left >= 40
+    alone = marginal_em(y[..., top : top + h, left : left + w], GaussianPrior(), 7, iters=2, sigma_y=0.01)
+    assert alone.history["window"] == (0, 0, 60, 60)
+    assert torch.equal(res.kernel, alone.kernel)  # the same EM, on the window alone
+    assert res.image.shape == (1, 1, 70, 110)  # the whole photograph, deconvolved under the window's kernel
+    blurry = F.pad(y, (3,) * 4, mode="replicate")
+    assert float(data_fidelity(res.image, y, res.kernel, "valid").sum()) < 0.5 * float(
+        data_fidelity(blurry, y, res.kernel, "valid").sum()
+    )
+    full = marginal_em(y, GaussianPrior(), 7, iters=2, sigma_y=0.01)  # the default: all of y
+    assert full.history["window"] == (0, 0, 64, 104) and full.image.shape == (1, 1, 70, 110)
+    auto = marginal_em(y, GaussianPrior(), 7, iters=1, window="auto", sigma_y=0.01)
+    assert auto.history["window"][2:] == (64, marginal.WINDOW_PER_KERNEL * 7)  # 84 wide, capped at y's 64 high
 
 
 def test_a_kernel_on_the_border_of_its_support_is_reported():

@@ -1,0 +1,121 @@
+"""The EM's kernel estimated on a window of a large photograph against on the whole of it (``marginal_em``'s
+``window``; the module docstring of ``lit_blind.marginal``, "Large photographs"), on the five 512×512 photographs of
+Set12 (08–12) blurred synthetically, so that the true kernel is known: each by Levin's kernel ``(3·n mod 8) + 1``
+turned by 90° and by the random camera shake of ``synthetic_blind.motion_kernel`` seeded by n (n the Set12 number),
+valid boundary (482×482 blurry images), σ_y = 0.01, 31×31 kernels. Neither the photographs nor the kernels were used
+to tune the engine.
+
+Per window side (``full``: the whole image, the baseline; a number: the side in pixels), in one process on the same
+inputs: error ratio ≤ 3, mean and median error ratio (:func:`lit_blind.metrics.error_ratio`, on the whole image),
+mean kernel error, seconds per image of ``marginal_em`` and its ratio to ``full``'s, and the mean difference of the
+error ratio to ``full``'s. Each result is appended to ``OUT/results.jsonl`` as it finishes (a rerun resumes);
+``--part i/n`` runs every n-th case from the i-th, so that the cases split over processes.
+
+    python benchmarks/window.py [--windows full 372 248] [--part 0/2] [--out outputs/window]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from levin_draws import part  # beside this script
+from PIL import Image
+from synthetic_blind import motion_kernel
+
+from lit_blind.io import data_path, read_levin_kernels
+from lit_blind.loading import load_prior
+from lit_blind.marginal import marginal_em
+from lit_blind.metrics import error_ratio, kernel_error
+from lit_blind.physics import add_noise, blur
+from lit_blind.results import ResultsFile
+
+DATA = data_path("../shared/data")
+IMAGES = ["08", "09", "10", "11", "12"]
+KERNELS = ["levin", "motion"]
+
+
+def problem(name: str, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, the sharp image x whose valid blur y is, the true 31×31 kernel) for Set12 photograph ``name``."""
+    a = np.asarray(Image.open(DATA / "natural" / "Set12" / f"{name}.png"), np.float64) / 255
+    x = torch.from_numpy(a)[None, None]
+    n = int(name)
+    if kernels == "motion":
+        h = motion_kernel(n)
+    else:
+        h = read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[(3 * n) % 8]
+        h = torch.rot90(h, 1, (-2, -1)).double()
+        h = torch.nn.functional.pad(h, ((31 - h.shape[-1]) // 2,) * 4)
+    y = add_noise(blur(x, h, "valid"), 0.01, torch.Generator().manual_seed(n))
+    return y, x[..., 15:-15, 15:-15], h
+
+
+def run(out: Path, windows: list[str], which: tuple[int, int]) -> None:
+    torch.set_num_threads(1)
+    prior = load_prior("natural-gray-small").float()
+    results = ResultsFile(out, key=("image", "kernels", "window"))  # append-only, resumable
+    cases = [(n, k) for n in IMAGES for k in KERNELS][which[0] :: which[1]]
+    for name, kernels in cases:
+        y, x, h = problem(name, kernels)
+        for window in windows:
+            row = dict(image=name, kernels=kernels, window=window)
+            if results.done(row):
+                continue
+            t = time.perf_counter()
+            res = marginal_em(y, prior, 31, window=window if window == "full" else int(window))
+            seconds = time.perf_counter() - t
+            er, ke = error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)
+            results.append(row | dict(error_ratio=er, kernel_error=ke, seconds=seconds, at=res.history["window"]))
+            print(f"{name} {kernels} {window}: ER {er:.3f}, kernel error {ke:.3f}, {seconds:.1f} s", flush=True)
+
+
+def report(out: Path, windows: list[str]) -> None:
+    rows = ResultsFile(out, key=("image", "kernels", "window")).rows()
+    by = {w: {(r["image"], r["kernels"]): r for r in rows if r["window"] == w} for w in windows}
+    base = by.get("full", {})
+    print(
+        "| window | images | ER ≤ 3 | mean ER | median ER | mean kernel error | s per image | time vs full | ER − full's |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for w, got in by.items():
+        if not got:
+            continue
+        er = [r["error_ratio"] for r in got.values()]
+        ke = [r["kernel_error"] for r in got.values()]
+        sec = [r["seconds"] for r in got.values()]
+        both = [c for c in got if c in base]
+        vs = "— | —"
+        if both:
+            ratio = statistics.mean(base[c]["seconds"] for c in both) / statistics.mean(got[c]["seconds"] for c in both)
+            diff = statistics.mean(got[c]["error_ratio"] - base[c]["error_ratio"] for c in both)
+            vs = f"{ratio:.2f}x faster | {diff:+.3f}"
+        print(
+            f"| {w} | {len(er)} | {sum(e <= 3 for e in er)}/{len(er)} | {statistics.mean(er):.3f} | "
+            f"{statistics.median(er):.3f} | {statistics.mean(ke):.3f} | {statistics.mean(sec):.1f} | {vs} |"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("outputs/window"))
+    ap.add_argument("--windows", nargs="+", default=["full", "372", "248"], help="full or a side in pixels")
+    ap.add_argument("--part", type=part, default=(0, 1), help="i/n: every n-th case from the i-th")
+    ap.add_argument("--report", action="store_true", help="only print the table of the results in --out")
+    args = ap.parse_args()
+    for w in args.windows:
+        if w != "full" and not (w.isdigit() and int(w) >= 31):
+            ap.error(f"--windows must be 'full' or sides of at least 31 pixels, got {w!r}")
+    if not (DATA / "natural" / "Set12").is_dir():
+        print(f"skipped: no Set12 under {DATA / 'natural'}")
+        return
+    if not args.report:
+        run(args.out, args.windows, args.part)
+    report(args.out, args.windows)
+
+
+if __name__ == "__main__":
+    main()
