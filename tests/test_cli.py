@@ -133,6 +133,17 @@ def test_deblur_user_errors_are_one_line_naming_the_flag(photo, tmp_path, capsys
     assert not (out / "result.json").exists()
 
 
+def test_deblur_suggests_the_window_on_a_photo_larger_than_it(photo, tmp_path, capsys):
+    """The 64×64 photo with a 5×5 kernel is larger than the 60-pixel window of --window auto (12 kernel sizes)."""
+    args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "5"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "--window auto estimates the kernel on a 60x60 part" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["em_window"] == [0, 0, 64, 64]
+    assert main([*args, "--window", "auto", "--out", str(tmp_path / "b")]) == 0
+    assert "--window auto estimates" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["em_window"][2:] == [60, 60]
+
+
 def test_deblur_path_errors_come_before_any_work(photo, tmp_path, capsys):
     assert main(["deblur", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
     assert "IMAGE must be an existing image file" in capsys.readouterr().err

@@ -840,18 +840,27 @@ def test_kernel_window_is_the_window_whose_ranked_gradients_sum_highest():
     assert kernel_window(y, 45)[2:] == (40, 45)  # each side capped at the image's
 
 
-def test_the_kernel_is_estimated_on_the_window_and_the_whole_photograph_deconvolved_under_it():
+def test_the_kernel_is_estimated_on_the_window_refitted_to_the_whole_photograph_and_deconvolved_on_it(monkeypatch):
     x = torch.full((1, 1, 70, 110), 0.4, dtype=D)
     x[..., 10:66, 52:106] = _blocks(56, 54)  # the edges lie in the right part
     h_true = _motion_kernel(7)
     y = add_noise(blur(x, h_true, "valid"), 0.01, torch.Generator().manual_seed(0))
+    fitted = []  # the blurry image each kernel step fits
+    step = marginal.kernel_step
+    monkeypatch.setattr(
+        marginal, "kernel_step", lambda z, yk, *a, **kw: fitted.append(yk.shape[-2:]) or step(z, yk, *a, **kw)
+    )
     res = marginal_em(y, GaussianPrior(), 7, iters=2, window=60, sigma_y=0.01)
     top, left, h, w = res.history["window"]
     assert (h, w) == (60, 60) and left >= 40
+    # every kernel step on the window but the last polishing round's, on the whole of y
+    assert (60, 60) in fitted[:-1] and all(max(size) <= 60 for size in fitted[:-1])
+    assert fitted[-1] == (64, 104)
     alone = marginal_em(y[..., top : top + h, left : left + w], GaussianPrior(), 7, iters=2, sigma_y=0.01)
     assert alone.history["window"] == (0, 0, 60, 60)
-    assert torch.equal(res.kernel, alone.kernel)  # the same EM, on the window alone
-    assert res.image.shape == (1, 1, 70, 110)  # the whole photograph, deconvolved under the window's kernel
+    for start in STARTS:  # up to the comparison of the starts, the same EM as on the window alone
+        assert torch.equal(res.history["starts"][start]["kernel"], alone.history["starts"][start]["kernel"])
+    assert res.image.shape == (1, 1, 70, 110)  # the whole photograph, deconvolved under the final kernel
     blurry = F.pad(y, (3,) * 4, mode="replicate")
     assert float(data_fidelity(res.image, y, res.kernel, "valid").sum()) < 0.5 * float(
         data_fidelity(blurry, y, res.kernel, "valid").sum()
