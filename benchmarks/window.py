@@ -2,16 +2,19 @@
 ``window``; the module docstring of ``lit_blind.marginal``, "Large photographs"), on the five 512×512 photographs of
 Set12 (08–12) blurred synthetically, so that the true kernel is known: each by Levin's kernel ``(3·n mod 8) + 1``
 turned by 90° and by the random camera shake of ``synthetic_blind.motion_kernel`` seeded by n (n the Set12 number),
-valid boundary (482×482 blurry images), σ_y = 0.01, 31×31 kernels. Neither the photographs nor the kernels were used
-to tune the engine.
+valid boundary (482×482 blurry images), σ_y = 0.01, 31×31 kernels; ``--kernels levin15``: by Levin's 15- and
+13-pixel kernels (3 for the even numbers, 5 for the odd ones) turned, estimated on a 15×15 support (498×498 blurry
+images; ``auto`` is then a 180-pixel square), the window's rule at another kernel scale. Neither the photographs nor
+the kernels were used to tune the engine.
 
-Per window side (``full``: the whole image, the baseline; a number: the side in pixels), in one process on the same
+Per window (``full``: the whole image, the baseline; ``auto``; a number: the side in pixels), in one process on the same
 inputs: error ratio ≤ 3, mean and median error ratio (:func:`lit_blind.metrics.error_ratio`, on the whole image),
 mean kernel error, seconds per image of ``marginal_em`` and its ratio to ``full``'s, and the mean difference of the
 error ratio to ``full``'s. Each result is appended to ``OUT/results.jsonl`` as it finishes (a rerun resumes);
 ``--part i/n`` runs every n-th case from the i-th, so that the cases split over processes.
 
-    python benchmarks/window.py [--windows full 372 248] [--part 0/2] [--out outputs/window]
+    python benchmarks/window.py [--windows full auto 372 248] [--kernels levin motion levin15] [--part 0/2]
+        [--out outputs/window]
 """
 
 from __future__ import annotations
@@ -37,28 +40,33 @@ from lit_blind.results import ResultsFile
 DATA = data_path("../shared/data")
 IMAGES = ["08", "09", "10", "11", "12"]
 KERNELS = ["levin", "motion"]
+# the kernel support each family is estimated on: ``levin15`` is Levin's 15- and 13-pixel kernels (3 and 5) on a 15×15
+# support, the window's rule (12 kernel sizes) at another scale
+SIZES = {"levin": 31, "motion": 31, "levin15": 15}
 
 
 def problem(name: str, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, the sharp image x whose valid blur y is, the true 31×31 kernel) for Set12 photograph ``name``."""
+    """(y, the sharp image x whose valid blur y is, the true kernel on its ``SIZES`` support) for Set12 photograph
+    ``name``."""
     a = np.asarray(Image.open(DATA / "natural" / "Set12" / f"{name}.png"), np.float64) / 255
     x = torch.from_numpy(a)[None, None]
-    n = int(name)
+    n, k = int(name), SIZES[kernels]
     if kernels == "motion":
         h = motion_kernel(n)
     else:
-        h = read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[(3 * n) % 8]
+        j = (3 * n) % 8 if kernels == "levin" else (2 if n % 2 == 0 else 4)
+        h = read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[j]
         h = torch.rot90(h, 1, (-2, -1)).double()
-        h = torch.nn.functional.pad(h, ((31 - h.shape[-1]) // 2,) * 4)
+        h = torch.nn.functional.pad(h, ((k - h.shape[-1]) // 2,) * 4)
     y = add_noise(blur(x, h, "valid"), 0.01, torch.Generator().manual_seed(n))
-    return y, x[..., 15:-15, 15:-15], h
+    return y, x[..., k // 2 : -(k // 2), k // 2 : -(k // 2)], h
 
 
-def run(out: Path, windows: list[str], which: tuple[int, int]) -> None:
+def run(out: Path, windows: list[str], kernels: list[str], which: tuple[int, int]) -> None:
     torch.set_num_threads(1)
     prior = load_prior("natural-gray-small").float()
     results = ResultsFile(out, key=("image", "kernels", "window"))  # append-only, resumable
-    cases = [(n, k) for n in IMAGES for k in KERNELS][which[0] :: which[1]]
+    cases = [(n, k) for n in IMAGES for k in kernels][which[0] :: which[1]]
     for name, kernels in cases:
         y, x, h = problem(name, kernels)
         for window in windows:
@@ -66,7 +74,7 @@ def run(out: Path, windows: list[str], which: tuple[int, int]) -> None:
             if results.done(row):
                 continue
             t = time.perf_counter()
-            res = marginal_em(y, prior, 31, window=window if window == "full" else int(window))
+            res = marginal_em(y, prior, SIZES[kernels], window=window if window in ("full", "auto") else int(window))
             seconds = time.perf_counter() - t
             er, ke = error_ratio(y, x, res.kernel, h), kernel_error(res.kernel, h)
             results.append(row | dict(error_ratio=er, kernel_error=ke, seconds=seconds, at=res.history["window"]))
@@ -102,18 +110,21 @@ def report(out: Path, windows: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("outputs/window"))
-    ap.add_argument("--windows", nargs="+", default=["full", "372", "248"], help="full or a side in pixels")
+    ap.add_argument("--windows", nargs="+", default=["full", "372", "248"], help="full, auto or a side in pixels")
+    ap.add_argument(
+        "--kernels", nargs="+", default=KERNELS, choices=sorted(SIZES), help="the blurs (default: %(default)s)"
+    )
     ap.add_argument("--part", type=part, default=(0, 1), help="i/n: every n-th case from the i-th")
     ap.add_argument("--report", action="store_true", help="only print the table of the results in --out")
     args = ap.parse_args()
     for w in args.windows:
-        if w != "full" and not (w.isdigit() and int(w) >= 31):
-            ap.error(f"--windows must be 'full' or sides of at least 31 pixels, got {w!r}")
+        if w not in ("full", "auto") and not (w.isdigit() and int(w) >= 31):
+            ap.error(f"--windows must be 'full', 'auto' or sides of at least 31 pixels, got {w!r}")
     if not (DATA / "natural" / "Set12").is_dir():
         print(f"skipped: no Set12 under {DATA / 'natural'}")
         return
     if not args.report:
-        run(args.out, args.windows, args.part)
+        run(args.out, args.windows, args.kernels, args.part)
     report(args.out, args.windows)
 
 
