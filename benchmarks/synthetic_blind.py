@@ -60,6 +60,13 @@ def motion_kernel(number: int) -> torch.Tensor:
     return h / h.sum()
 
 
+def turned_levin_kernel(index: int, size: int = 31) -> torch.Tensor:
+    """Levin's kernel ``index + 1`` turned by 90° (so that it is none of the Levin benchmark's), zero-padded to
+    ``size`` × ``size``."""
+    h = torch.rot90(read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[index], 1, (-2, -1)).double()
+    return torch.nn.functional.pad(h, ((size - h.shape[-1]) // 2,) * 4)
+
+
 def problem(
     name: str, seed: int, noise: float = 0.01, kernels: str = "levin"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -73,9 +80,7 @@ def problem(
         h = motion_kernel(j)
     else:
         j = (int(name[-2:]) * 3) % 8
-        h = torch.rot90(read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[j], 1, (-2, -1)).double()
-        p = (31 - h.shape[-1]) // 2
-        h = torch.nn.functional.pad(h, (p,) * 4)
+        h = turned_levin_kernel(j)
         j += 1
     y = add_noise(blur(x, h, "valid"), noise, torch.Generator().manual_seed(seed))
     return y, x[..., 15:-15, 15:-15], h, j

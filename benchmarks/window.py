@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from levin_draws import part  # beside this script
 from PIL import Image
-from synthetic_blind import motion_kernel
+from synthetic_blind import motion_kernel, turned_levin_kernel
 
-from lit_blind.io import data_path, read_levin_kernels
+from lit_blind.io import data_path
 from lit_blind.loading import load_prior
 from lit_blind.marginal import marginal_em
 from lit_blind.metrics import error_ratio, kernel_error
@@ -54,10 +54,7 @@ def problem(name: str, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.
     if kernels == "motion":
         h = motion_kernel(n)
     else:
-        j = (3 * n) % 8 if kernels == "levin" else (2 if n % 2 == 0 else 4)
-        h = read_levin_kernels(DATA / "levin09" / "kernels" / "Levin09.mat")[j]
-        h = torch.rot90(h, 1, (-2, -1)).double()
-        h = torch.nn.functional.pad(h, ((k - h.shape[-1]) // 2,) * 4)
+        h = turned_levin_kernel((3 * n) % 8 if kernels == "levin" else (2 if n % 2 == 0 else 4), k)
     y = add_noise(blur(x, h, "valid"), 0.01, torch.Generator().manual_seed(n))
     return y, x[..., k // 2 : -(k // 2), k // 2 : -(k // 2)], h
 

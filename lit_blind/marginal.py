@@ -872,11 +872,10 @@ def marginal_em(
         sigma_y = float(sigma_y) * (math.hypot(*LUMA) if rgb else 1.0)
     # the kernel estimated on the window of y with the most useful edges (module docstring, "Large photographs"); the
     # noise level above on the whole of y
-    if window == "full":
-        side = max(y.shape[-2:])
-    else:
+    top, left, (wh, ww) = 0, 0, y.shape[-2:]
+    if window != "full":
         side = WINDOW_PER_KERNEL * int(kernel_size) if window == "auto" else int(window)
-    top, left, wh, ww = kernel_window(y, side, int(edge_window))
+        top, left, wh, ww = kernel_window(y, side, int(edge_window))
     cropped = (wh, ww) != tuple(y.shape[-2:])
     y_whole, y = y, y[..., top : top + wh, left : left + ww]
     # the polishing rounds' covariance term at the photograph's noise level, below the prior's sigma_min too (module
