@@ -4,8 +4,11 @@ Set12 (08–12) blurred synthetically, so that the true kernel is known: each by
 turned by 90° and by the random camera shake of ``synthetic_blind.motion_kernel`` seeded by n (n the Set12 number),
 valid boundary (482×482 blurry images), σ_y = 0.01, 31×31 kernels; ``--kernels levin15``: by Levin's 15- and
 13-pixel kernels (3 for the even numbers, 5 for the odd ones) turned, estimated on a 15×15 support (498×498 blurry
-images; ``auto`` is then a 180-pixel square), the window's rule at another kernel scale. Neither the photographs nor
-the kernels were used to tune the engine.
+images; ``auto`` is then a 180-pixel square), the window's rule at another kernel scale; ``--kernels mixed``: Levin's
+kernel for odd n, the random camera shake for even n (one blur per photograph). ``--photos DIR`` takes every PNG in DIR
+instead (their 8-bit luma, n the number in the file name), e.g. the 24 Kodak photographs of cszn/FFDNet's
+``testsets/Kodak24`` (500×500 crops; fetch them, they are not in ``../shared/data``). Neither the photographs nor the
+kernels were used to tune the engine.
 
 Per window (``full``: the whole image, the baseline; ``auto``; a number: the side in pixels), in one process on the same
 inputs: error ratio ≤ 3, mean and median error ratio (:func:`lit_blind.metrics.error_ratio`, on the whole image),
@@ -13,8 +16,8 @@ mean kernel error, seconds per image of ``marginal_em`` and its ratio to ``full`
 error ratio to ``full``'s. Each result is appended to ``OUT/results.jsonl`` as it finishes (a rerun resumes);
 ``--part i/n`` runs every n-th case from the i-th, so that the cases split over processes.
 
-    python benchmarks/window.py [--windows full auto 372 248] [--kernels levin motion levin15] [--part 0/2]
-        [--out outputs/window]
+    python benchmarks/window.py [--windows full auto 372 248] [--kernels levin motion levin15 mixed] [--part 0/2]
+        [--photos DIR] [--out outputs/window]
 """
 
 from __future__ import annotations
@@ -42,15 +45,17 @@ IMAGES = ["08", "09", "10", "11", "12"]
 KERNELS = ["levin", "motion"]
 # the kernel support each family is estimated on: ``levin15`` is Levin's 15- and 13-pixel kernels (3 and 5) on a 15×15
 # support, the window's rule (12 kernel sizes) at another scale
-SIZES = {"levin": 31, "motion": 31, "levin15": 15}
+SIZES = {"levin": 31, "motion": 31, "levin15": 15, "mixed": 31}
 
 
-def problem(name: str, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, the sharp image x whose valid blur y is, the true kernel on its ``SIZES`` support) for Set12 photograph
-    ``name``."""
-    a = np.asarray(Image.open(DATA / "natural" / "Set12" / f"{name}.png"), np.float64) / 255
-    x = torch.from_numpy(a)[None, None]
-    n, k = int(name), SIZES[kernels]
+def problem(path: Path, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, the sharp image x whose valid blur y is, the true kernel on its ``SIZES`` support) for the photograph at
+    ``path`` (its luminance), n the number in its name."""
+    with Image.open(path) as im:  # an 8-bit photograph's luma (a gray one unchanged: Set12), in float64
+        x = torch.from_numpy(np.asarray(im.convert("L"), np.float64) / 255)[None, None]
+    n, k = int("".join(c for c in path.stem if c.isdigit())), SIZES[kernels]
+    if kernels == "mixed":
+        kernels = "motion" if n % 2 == 0 else "levin"
     if kernels == "motion":
         h = motion_kernel(n)
     else:
@@ -59,13 +64,14 @@ def problem(name: str, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.
     return y, x[..., k // 2 : -(k // 2), k // 2 : -(k // 2)], h
 
 
-def run(out: Path, windows: list[str], kernels: list[str], which: tuple[int, int]) -> None:
+def run(out: Path, photos: list[Path], windows: list[str], kernels: list[str], which: tuple[int, int]) -> None:
     torch.set_num_threads(1)
     prior = load_prior("natural-gray-small").float()
     results = ResultsFile(out, key=("image", "kernels", "window"))  # append-only, resumable
-    cases = [(n, k) for n in IMAGES for k in kernels][which[0] :: which[1]]
-    for name, kernels in cases:
-        y, x, h = problem(name, kernels)
+    cases = [(path, k) for path in photos for k in kernels][which[0] :: which[1]]
+    for path, kernels in cases:
+        name = path.stem
+        y, x, h = problem(path, kernels)
         for window in windows:
             row = dict(image=name, kernels=kernels, window=window)
             if results.done(row):
@@ -112,16 +118,23 @@ def main() -> None:
         "--kernels", nargs="+", default=KERNELS, choices=sorted(SIZES), help="the blurs (default: %(default)s)"
     )
     ap.add_argument("--part", type=part, default=(0, 1), help="i/n: every n-th case from the i-th")
+    ap.add_argument("--photos", type=Path, default=None, help="a folder of PNG photographs (default: Set12 08–12)")
     ap.add_argument("--report", action="store_true", help="only print the table of the results in --out")
     args = ap.parse_args()
     for w in args.windows:
         if w not in ("full", "auto") and not (w.isdigit() and int(w) >= 31):
             ap.error(f"--windows must be 'full', 'auto' or sides of at least 31 pixels, got {w!r}")
-    if not (DATA / "natural" / "Set12").is_dir():
+    if args.photos is None:
+        photos = [DATA / "natural" / "Set12" / f"{n}.png" for n in IMAGES]
+    else:
+        photos = sorted(args.photos.glob("*.png"))
+        if not photos or any(not any(c.isdigit() for c in p.stem) for p in photos):
+            ap.error(f"--photos must be a folder of PNG files with a number in each name, got {str(args.photos)!r}")
+    if not args.report and not photos[0].is_file():
         print(f"skipped: no Set12 under {DATA / 'natural'}")
         return
     if not args.report:
-        run(args.out, args.windows, args.kernels, args.part)
+        run(args.out, photos, args.windows, args.kernels, args.part)
     report(args.out, args.windows)
 
 

@@ -229,8 +229,9 @@ def deblur_parser() -> argparse.ArgumentParser:
         default=None,
         help="estimate the kernel on a square part of the photo, the one with the most isolated straight edges, refit "
         "it to the whole photo in the last polishing round and deconvolve the whole photo under it (README, 'Large "
-        "photographs': 2.7x faster on an 800x800 photo, less accurate with small kernels): full (the whole photo), "
-        "auto (12 kernel sizes a side) or a side in pixels of at least the kernel size (default: full)",
+        "photographs': 2.7x faster on an 800x800 photo, a little less accurate on most photos): full (the whole "
+        "photo), auto (12 kernel sizes a side, at least 372 pixels; a smaller photo is estimated whole) or a side in "
+        "pixels of at least the kernel size (default: full)",
     )
     em_only.add_argument(
         "--precision",
@@ -322,14 +323,14 @@ def deblur_main(argv: list[str]) -> int:
         raise ValueError(f"--kernel-size {args.kernel_size} must not exceed the image size {tuple(y_file.shape[-2:])}")
     sigma_hat = noise_level(y_file)
     if args.algorithm == "em" and args.window is None:
-        from lit_blind.marginal import WINDOW_PER_KERNEL
+        from lit_blind.marginal import auto_window
 
-        side = WINDOW_PER_KERNEL * args.kernel_size
+        side = auto_window(args.kernel_size)
         if min(y_file.shape[-2:]) > side:  # a large photo: the faster option, measured (README)
             print(
                 f"lit-blind: note: --window auto estimates the kernel on a {side}x{side} part of this photo and refits "
-                "it to the whole: 2.7x faster on an 800x800 photo at about the same accuracy with a 31x31 kernel, "
-                "less accurate with a 15x15 one (README, 'Large photographs')",
+                "it to the whole: 2.7x faster on an 800x800 photo, a little less accurate on most photos (README, "
+                "'Large photographs')",
                 file=sys.stderr,
             )
     print(f"noise level estimated from the image (MAD): {sigma_hat:.4f}", end="")

@@ -240,24 +240,27 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   rounding: on the 32 Levin captures the mean error ratio moved 1.61 → 1.78 and the count 29 → 28 of 32, per capture
   in both directions (README, "Channels-last activations, and what rounding does to the Levin numbers").
 * **Large photographs** (thirty-second session): the EM's cost grows with the pixels (an 800 × 800 RGB photograph
-  takes ≈ 9 minutes on one core), while a k × k kernel is determined by far fewer of them. ``window="auto"``
-  runs the pyramid and the polishing rounds before the starts are compared on the ``WINDOW_PER_KERNEL`` · k square
-  (12 · 31 = 372 pixels at the default k; each side capped at y's) that :func:`kernel_window` finds richest in the
-  gradients the kernel step ranks first (magnitude times :func:`edge_usefulness`), an integer ``window`` on a
-  square of that side; the last polishing round then refits the kernel to the whole of y (one final pass and one
-  kernel step on it), and the final pass deconvolves the whole of y. The noise level is estimated on the whole of y.
-  ``window="full"`` (the default) estimates everything on all of y, the engine before. Measured (README, "Large
-  photographs"): on the four 800 × 800 Köhler shots (real shake, ``benchmarks/kohler.py``) 206 s instead of 558 per
-  shot, the kernels' mutual agreement 0.450 against 0.479 (kernel error), their distance to the reference kernels
-  estimated on the whole shots by another method 0.461 against 0.424, the images as sharp; without the refit 0.497
-  and 0.610 — Köhler's blur varies across the frame, and a kernel fitted to one part fits the rest less well. On the
-  five 512 × 512 Set12 photographs under two synthetic blurs each (``benchmarks/window.py``, uniform blur, nothing
-  tuned on them): mean error ratio 1.89 against 1.80 on the whole image (10/10 against 9/10 at ER ≤ 3), within the
-  spread a different rounding gives; without the refit 1.80 at 372 and 1.83 at 248 pixels. The factor 12 keeps the
-  images the engine was tuned on (255 × 255 at k = 31) whole; it is not tuned, and it does not carry over to small
-  kernels: at k = 15 (a 180-pixel square; the same photographs under Levin's 15- and 13-pixel kernels) the mean error
-  ratio is 2.66 against 2.19 on the whole image, 4.3× faster. Not the default: the window changes the result of
-  every image larger than 12k, and it was measured on these nine photographs only.
+  takes ≈ 9 minutes on one core), while a k × k kernel is determined by far fewer of them. ``window="auto"`` runs the
+  pyramid and the polishing rounds before the starts are compared on the :func:`auto_window` square,
+  ``WINDOW_PER_KERNEL`` · k pixels a side but at least ``WINDOW_MIN`` (372: 12 · 31 at the default k; each side
+  capped at y's), that :func:`kernel_window` finds richest in the gradients the kernel step ranks first (magnitude
+  times :func:`edge_usefulness`), an integer ``window`` on a square of that side; the last polishing round then
+  refits the kernel to the whole of y (one final pass and one kernel step on it), and the final pass deconvolves the
+  whole of y. The noise level is estimated on the whole of y. ``window="full"`` (the default) estimates everything
+  on all of y, the engine before. Measured (README, "Large photographs"), on data nothing was tuned on: faster (an
+  800 × 800 Köhler shot 206 s instead of 558; 1.46× at 500 × 500) and, on most photographs, a little less accurate —
+  on 24 Kodak photographs (500 × 500 crops, their luminance, each under a turned Levin kernel or a random camera
+  shake, σ_y = 0.01; ``benchmarks/window.py --photos``) a higher error ratio on 16 of 24, its median change +0.26,
+  one failure more (kodim19 1.80 → 4.54) and one rescued (kodim10 5.02 → 1.31); on five 512 × 512 Set12 photographs
+  under two blurs each a mean error ratio of 1.89 against 1.80; on the four Köhler shots (real shake) the kernels'
+  mutual agreement 0.450 against 0.479 (kernel error), their distance to reference kernels estimated on the whole
+  shots by another method 0.461 against 0.424. A window holds fewer of the edges that constrain the kernel. So not the
+  default: an option for photographs too large to wait for. Without the refit the Köhler kernels lay much farther from
+  the references (0.610): Köhler's blur varies across the frame, and a kernel fitted to one part fits the rest less
+  well. The factor 12 keeps the images the engine was tuned on (255 × 255 at k = 31) whole; it is not tuned. The
+  floor (thirty-third session): at k = 15 twelve kernel sizes (180 pixels, half the pixels of the tuning images) gave
+  a mean error ratio of 2.66 against 2.19 on the whole image, the 372-pixel square 2.08 against 2.23 (five Set12
+  photographs, two sessions).
 
 Written by hand: no library has a blind EM with a learned prior. The numerical constants (σ_t range,
 ρ = 0.1, ``edges`` = 20) were chosen on four Levin images (im1_kernel1, im2_kernel4, im3_kernel6,
@@ -328,9 +331,17 @@ REPETITION = 0.2
 # gradients the kernel step keeps at the finest level, in units of 4k (``edges`` at the coarser ones; module docstring,
 # "Finest level")
 FINEST_EDGES = 40.0
-# window="auto" estimates the kernel on a window of this many kernel sizes a side and deconvolves the whole photograph
-# under it (module docstring, "Large photographs")
+# window="auto" estimates the kernel on a window of this many kernel sizes a side, no smaller than WINDOW_MIN pixels, and
+# deconvolves the whole photograph under it (module docstring, "Large photographs")
 WINDOW_PER_KERNEL = 12
+# the smallest auto square: twelve sizes of the default 31×31 kernel, where the rule was measured; at k = 15 twelve sizes
+# (180 pixels) were worse than the whole image and 372 pixels were not (thirty-third session, README)
+WINDOW_MIN = 372
+
+
+def auto_window(kernel_size: int) -> int:
+    """The side of ``window="auto"``'s square for a ``kernel_size`` × ``kernel_size`` kernel."""
+    return max(WINDOW_PER_KERNEL * int(kernel_size), WINDOW_MIN)
 
 
 def kernel_window(y: Tensor, side: int, edge_window: int = 5) -> tuple[int, int, int, int]:
@@ -766,8 +777,9 @@ def marginal_em(
     ``local`` runs every denoiser call inside :meth:`~lit_blind.priors.Prior.local_attention` (a UNet's
     self-attention within windows of its training size; nineteenth session), ``global`` lets it span the whole
     image, diffusers' default and the engine's before (module docstring, "Attention"). ``window``: the part of y the
-    kernel is estimated on, ``full`` (all of y), ``auto`` (a square of ``WINDOW_PER_KERNEL`` · ``kernel_size`` pixels
-    a side, chosen by :func:`kernel_window`) or an integer side ≥ ``kernel_size``; the last polishing round refits
+    kernel is estimated on, ``full`` (all of y), ``auto`` (a square of :func:`auto_window` pixels a side,
+    ``WINDOW_PER_KERNEL`` · ``kernel_size`` but at least ``WINDOW_MIN``, chosen by :func:`kernel_window`; a y no larger
+    than it is all of y) or an integer side ≥ ``kernel_size``; the last polishing round refits
     the kernel to all of y and the final pass deconvolves all of y (module docstring, "Large photographs"). ``precision``: the
     network's arithmetic, :meth:`~lit_blind.priors.Prior.precision` (``auto``: bfloat16 where the device computes in
     it natively, float32 elsewhere; ``32-true``, the engine's before the twenty-fifth session; ``bf16-mixed``; module
@@ -873,8 +885,8 @@ def marginal_em(
     # the kernel estimated on the window of y with the most useful edges (module docstring, "Large photographs"); the
     # noise level above on the whole of y
     top, left, (wh, ww) = 0, 0, y.shape[-2:]
-    if window != "full":
-        side = WINDOW_PER_KERNEL * int(kernel_size) if window == "auto" else int(window)
+    side = None if window == "full" else auto_window(kernel_size) if window == "auto" else int(window)
+    if side is not None and side < max(wh, ww):  # larger than the square on one side at least
         top, left, wh, ww = kernel_window(y, side, int(edge_window))
     cropped = (wh, ww) != tuple(y.shape[-2:])
     y_whole, y = y, y[..., top : top + wh, left : left + ww]

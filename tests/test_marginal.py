@@ -867,8 +867,19 @@ def test_the_kernel_is_estimated_on_the_window_refitted_to_the_whole_photograph_
     )
     full = marginal_em(y, GaussianPrior(), 7, iters=2, sigma_y=0.01)  # the default: all of y
     assert full.history["window"] == (0, 0, 64, 104) and full.image.shape == (1, 1, 70, 110)
+    # auto on a photograph no larger than its square (at least WINDOW_MIN): all of y, the same estimate
+    whole = marginal_em(y, GaussianPrior(), 7, iters=2, window="auto", sigma_y=0.01)
+    assert whole.history["window"] == (0, 0, 64, 104)
+    assert torch.equal(full.kernel, whole.kernel) and torch.equal(full.image, whole.image)
+    monkeypatch.setattr(marginal, "WINDOW_MIN", 0)  # the floor lowered: twelve kernel sizes, 84 pixels
     auto = marginal_em(y, GaussianPrior(), 7, iters=1, window="auto", sigma_y=0.01)
     assert auto.history["window"][2:] == (64, marginal.WINDOW_PER_KERNEL * 7)  # 84 wide, capped at y's 64 high
+
+
+def test_the_auto_window_is_twelve_kernel_sizes_and_no_smaller_than_its_floor():
+    assert marginal.auto_window(31) == marginal.WINDOW_MIN == 372  # the rule measured at the default kernel size
+    assert marginal.auto_window(15) == 372  # not 180: worse than the whole image at k = 15 (README)
+    assert marginal.auto_window(41) == 492
 
 
 def test_a_kernel_on_the_border_of_its_support_is_reported():
