@@ -13,8 +13,9 @@ kernels were used to tune the engine.
 Per window (``full``: the whole image, the baseline; ``auto``; a number: the side in pixels), in one process on the same
 inputs: error ratio ≤ 3, mean and median error ratio (:func:`lit_blind.metrics.error_ratio`, on the whole image),
 mean kernel error, seconds per image of ``marginal_em`` and its ratio to ``full``'s, and the mean difference of the
-error ratio to ``full``'s. Each result is appended to ``OUT/results.jsonl`` as it finishes (a rerun resumes);
-``--part i/n`` runs every n-th case from the i-th, so that the cases split over processes.
+error ratio to ``full``'s, on how many images it is higher, and its median. Each result is appended to
+``OUT/results.jsonl`` as it finishes (a rerun resumes); ``--part i/n`` runs every n-th case from the i-th, so that the
+cases split over processes.
 
     python benchmarks/window.py [--windows full auto 372 248] [--kernels levin motion levin15 mixed] [--part 0/2]
         [--photos DIR] [--out outputs/window]
@@ -89,9 +90,10 @@ def report(out: Path, windows: list[str]) -> None:
     by = {w: {(r["image"], r["kernels"]): r for r in rows if r["window"] == w} for w in windows}
     base = by.get("full", {})
     print(
-        "| window | images | ER ≤ 3 | mean ER | median ER | mean kernel error | s per image | time vs full | ER − full's |"
+        "| window | images | ER ≤ 3 | mean ER | median ER | mean kernel error | s per image | time vs full | ER − full's "
+        "| ER above full's | median ER change |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for w, got in by.items():
         if not got:
             continue
@@ -99,11 +101,12 @@ def report(out: Path, windows: list[str]) -> None:
         ke = [r["kernel_error"] for r in got.values()]
         sec = [r["seconds"] for r in got.values()]
         both = [c for c in got if c in base]
-        vs = "— | —"
+        vs = "— | — | — | —"
         if both:
             ratio = statistics.mean(base[c]["seconds"] for c in both) / statistics.mean(got[c]["seconds"] for c in both)
-            diff = statistics.mean(got[c]["error_ratio"] - base[c]["error_ratio"] for c in both)
-            vs = f"{ratio:.2f}x faster | {diff:+.3f}"
+            diff = [got[c]["error_ratio"] - base[c]["error_ratio"] for c in both]
+            above = sum(d > 0 for d in diff)
+            vs = f"{ratio:.2f}x faster | {statistics.mean(diff):+.3f} | {above}/{len(diff)} | {statistics.median(diff):+.3f}"
         print(
             f"| {w} | {len(er)} | {sum(e <= 3 for e in er)}/{len(er)} | {statistics.mean(er):.3f} | "
             f"{statistics.median(er):.3f} | {statistics.mean(ke):.3f} | {statistics.mean(sec):.1f} | {vs} |"
