@@ -807,12 +807,18 @@ def test_per_pixel_variance_of_a_constant_map_is_the_scalar_trace():
     assert not torch.allclose(per_pixel, kernel_step(x, y, 7, 0.0, edges=0))
 
 
-def test_rgb_photo_with_a_gray_prior_comes_back_in_colour():
+def test_rgb_photo_with_a_gray_prior_comes_back_in_colour(monkeypatch):
     x = _blocks(56, 50)
     rgb = torch.cat([x, 0.8 * x.flip(-1), 1 - x], 1)
     h = _motion_kernel(7)
     y = blur(rgb, h, "valid")
+    batches = []  # the batch of every denoiser call: one image at a time, the final pass's channels too
+    denoise = GaussianPrior._denoise_unchecked
+    monkeypatch.setattr(
+        GaussianPrior, "_denoise_unchecked", lambda self, z, s: batches.append(z.shape[0]) or denoise(self, z, s)
+    )
     res = marginal_em(y, GaussianPrior(), 7, iters=2)
+    assert set(batches) == {1}
     assert res.image.shape == (1, 3, 56, 50) and res.kernel.shape == (1, 1, 7, 7)
     # each channel is its own image: the colour differences survive
     assert (res.image[:, 0] - res.image[:, 2]).abs().mean() > 0.2
