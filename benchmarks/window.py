@@ -49,12 +49,18 @@ KERNELS = ["levin", "motion"]
 SIZES = {"levin": 31, "motion": 31, "levin15": 15, "mixed": 31}
 
 
+def photo_number(path: Path) -> int | None:
+    """n, the number in a photograph's file name (its digits), or None without one."""
+    digits = "".join(c for c in path.stem if c.isdigit())
+    return int(digits) if digits else None
+
+
 def problem(path: Path, kernels: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, the sharp image x whose valid blur y is, the true kernel on its ``SIZES`` support) for the photograph at
     ``path`` (its luminance), n the number in its name."""
     with Image.open(path) as im:  # an 8-bit photograph's luma (a gray one unchanged: Set12), in float64
         x = torch.from_numpy(np.asarray(im.convert("L"), np.float64) / 255)[None, None]
-    n, k = int("".join(c for c in path.stem if c.isdigit())), SIZES[kernels]
+    n, k = photo_number(path), SIZES[kernels]
     if kernels == "mixed":
         kernels = "motion" if n % 2 == 0 else "levin"
     if kernels == "motion":
@@ -131,7 +137,7 @@ def main() -> None:
         photos = [DATA / "natural" / "Set12" / f"{n}.png" for n in IMAGES]
     else:
         photos = sorted(args.photos.glob("*.png"))
-        if not photos or any(not any(c.isdigit() for c in p.stem) for p in photos):
+        if not photos or any(photo_number(p) is None for p in photos):
             ap.error(f"--photos must be a folder of PNG files with a number in each name, got {str(args.photos)!r}")
     if not args.report and not photos[0].is_file():
         print(f"skipped: no Set12 under {DATA / 'natural'}")

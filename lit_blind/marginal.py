@@ -248,9 +248,9 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   refits the kernel to the whole of y (one final pass and one kernel step on it), and the final pass deconvolves the
   whole of y. The noise level is estimated on the whole of y. ``window="full"`` (the default) estimates everything
   on all of y, the engine before. Measured (README, "Large photographs"), on data nothing was tuned on: faster (an
-  800 × 800 Köhler shot 206 s instead of 558; 1.46× at 500 × 500) and, on most photographs, a little less accurate —
+  800 × 800 Köhler shot 206 s instead of 558; 1.43× at 500 × 500) and, on most photographs, a little less accurate —
   on 24 Kodak photographs (500 × 500 crops, their luminance, each under a turned Levin kernel or a random camera
-  shake, σ_y = 0.01; ``benchmarks/window.py --photos``) a higher error ratio on 16 of 24, its median change +0.26,
+  shake, σ_y = 0.01; ``benchmarks/window.py --photos``) a higher error ratio on 16 of 24, its median change +0.24,
   one failure more (kodim19 1.80 → 4.54) and one rescued (kodim10 5.02 → 1.31); on five 512 × 512 Set12 photographs
   under two blurs each a mean error ratio of 1.89 against 1.80; on the four Köhler shots (real shake) the kernels'
   mutual agreement 0.450 against 0.479 (kernel error), their distance to reference kernels estimated on the whole
