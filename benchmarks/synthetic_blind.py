@@ -17,7 +17,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--kernels motion] [--init small] [--finest-inner 2]
         [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser] [--repetition 0]
-        [--precision 32-true]
+        [--precision 32-true] [--edge-bins 4]
 """
 
 from __future__ import annotations
@@ -178,6 +178,13 @@ def main() -> None:
         choices=PRECISIONS,
         help="the prior network's arithmetic (default: the engine's; 32-true before the twenty-fifth session)",
     )
+    ap.add_argument(
+        "--edge-bins",
+        type=int,
+        default=None,
+        help="bins of the gradient's direction the kernel step's edge selection counts over (default: the engine's, 1; "
+        "4: Cho & Lee's)",
+    )
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
         ap.error(f"--noise must be in (0, {SIGMA_Y_MAX}], got {args.noise}")
@@ -190,7 +197,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision edge_bins"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

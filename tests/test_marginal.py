@@ -90,6 +90,40 @@ def test_kernel_step_recovers_the_kernel_from_the_sharp_image():
     assert kernel_error(h, h_true) < 0.1
 
 
+def test_select_edges_lowers_the_threshold_until_every_direction_has_its_share_by_brute_force():
+    """Four bins of the gradient's direction, 45° apart (a gradient and its opposite one direction): the kept pixels
+    are those at or above the highest score that leaves n/4 of them in every bin, so the weakest direction has its
+    n/4 and the others more; one bin: exactly the n highest."""
+    g = torch.Generator().manual_seed(3)
+    gx, gy = torch.randn(2, 1, 1, 30, 40, generator=g, dtype=D)
+    score = torch.rand(1, 1, 30, 40, generator=g, dtype=D) * (1 + 9 * (gx.abs() > gy.abs()))  # one direction favoured
+    n = 200
+    angle = torch.rad2deg(torch.atan2(gy, gx)) % 180
+    bins = [(angle >= b * 45) & (angle < (b + 1) * 45) for b in range(4)]
+    level = min(score[inside].sort(descending=True).values[n // 4 - 1] for inside in bins)
+    four = marginal.select_edges(score, gx, gy, n, 4)
+    assert four.dtype == torch.bool and four.shape == score.shape
+    assert torch.equal(four, score >= level)
+    assert min(int((four & inside).sum()) for inside in bins) == n // 4 and int(four.sum()) > n
+    one = marginal.select_edges(score, gx, gy, n, 1)
+    assert int(one.sum()) == n and torch.equal(one, score >= score.flatten().sort(descending=True).values[n - 1])
+    steep = gx.abs() < gy.abs()  # the directions the score disfavours: more of them with the bins
+    assert int((four & steep).sum()) > 2 * int((one & steep).sum())
+    # empty bins do not count: every gradient in the first bin keeps its n/4 highest
+    few = marginal.select_edges(score, gx.abs(), gy * 0, n, 4)
+    assert int(few.sum()) == n // 4
+
+
+def test_marginal_em_passes_edge_bins_to_every_kernel_step(monkeypatch):
+    bins, step = [], marginal.kernel_step
+    monkeypatch.setattr(marginal, "kernel_step", lambda *a, **kw: bins.append(kw["edge_bins"]) or step(*a, **kw))
+    y = blur(_blocks(40, 40), _motion_kernel(7), "valid")
+    marginal_em(y, GaussianPrior(), 7, init="large", iters=1, inner=1, finest_inner=1, edge_bins=4)
+    assert len(bins) > 1 and set(bins) == {4}  # the pyramid's steps and the polishing's
+    with pytest.raises(ValueError, match="edge_bins must be a positive integer, got 0"):
+        marginal_em(y, GaussianPrior(), 7, edge_bins=0)
+
+
 def test_edge_usefulness_is_one_along_a_straight_edge_and_small_on_fine_stripes():
     """Xu & Jia's r = ‖Σ_N ∇y‖ / Σ_N ‖∇y‖: every gradient of a straight step edge points the same way (r = 1);
     on stripes one pixel wide, five columns of alternating ±1 differences leave one of five (r = 1/5)."""
@@ -622,7 +656,10 @@ def test_the_finest_levels_kernel_steps_keep_finest_edges_gradients(monkeypatch)
     )
     for budget in (2.0, 5.0):
         step(z, y, 7, 1.0, budget)
-    assert kept == [2 * 4 * 7, 5 * 4 * 7]
+        step(z, y, 7, 1.0, budget, edge_bins=4)
+    # one direction bin (the default): exactly the budget; four: at least it, down to the weakest direction's share
+    assert kept[0::2] == [2 * 4 * 7, 5 * 4 * 7]
+    assert kept[1] >= kept[0] and kept[3] >= kept[2] and kept[3] > kept[1]
     with pytest.raises(ValueError, match="finest_edges must be a finite number >= 0, got -1"):
         marginal_em(y, GaussianPrior(), 7, finest_edges=-1)
 
