@@ -529,9 +529,9 @@ def kernel_step(
 ) -> Tensor:
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel` (components below
-    ``prune_mass`` of the mass dropped). Only the largest gradients of z enter, ``edges`` · 4k of them in one
-    bin of direction, at least ``edges`` · 4k/``edge_bins`` per bin in ``edge_bins`` (:func:`select_edges`; 0 keeps
-    all), ranked by their magnitude times :func:`edge_usefulness` of y over ``edge_window`` pixels (0: by the magnitude
+    ``prune_mass`` of the mass dropped). Only the largest gradients of z enter (``edges`` = 0 keeps all):
+    ``edges`` · 4k of them with one bin of direction, at least ``edges`` · 4k/``edge_bins`` in each of ``edge_bins``
+    bins (:func:`select_edges`), ranked by their magnitude times :func:`edge_usefulness` of y over ``edge_window`` pixels (0: by the magnitude
     alone, as Cho & Lee 2009); ``reg`` is the covariance trace over all gradient pixels, so with ``masked_cov`` it
     is scaled by the kept fraction: a masked gradient carries the posterior variance of the kept pixels only
     (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those
