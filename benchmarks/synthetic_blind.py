@@ -17,7 +17,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--kernels motion] [--init small] [--finest-inner 2]
         [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser] [--repetition 0]
-        [--precision 32-true] [--edge-bins 4]
+        [--precision 32-true] [--edge-bins 4] [--second-order 0.5]
 """
 
 from __future__ import annotations
@@ -185,6 +185,13 @@ def main() -> None:
         help="bins of the gradient's direction the kernel step's edge selection counts over (default: the engine's, 1; "
         "4: Cho & Lee's)",
     )
+    ap.add_argument(
+        "--second-order",
+        type=float,
+        default=None,
+        help="weight of the second differences beside the first in the kernel step (default: the engine's; 0.5: Cho & "
+        "Lee's)",
+    )
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
         ap.error(f"--noise must be in (0, {SIGMA_Y_MAX}], got {args.noise}")
@@ -197,7 +204,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision edge_bins"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision edge_bins second_order"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

@@ -90,6 +90,32 @@ def test_kernel_step_recovers_the_kernel_from_the_sharp_image():
     assert kernel_error(h, h_true) < 0.1
 
 
+@pytest.mark.parametrize("edges", [0, 5])
+def test_kernel_step_with_second_differences_recovers_the_kernel_and_changes_the_fit(edges):
+    k = 9
+    x = _blocks(80, 72)
+    h_true = _motion_kernel(k)
+    y = blur(x, h_true, "valid")
+    h = kernel_step(x, y, k, reg=1e-6, edges=edges, second_order=0.5)
+    assert h.shape == (1, 1, k, k) and abs(h.sum().item() - 1) < 1e-9 and (h >= 0).all()
+    assert kernel_error(h, h_true) < 0.1
+    noisy = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    assert not torch.allclose(
+        kernel_step(x, noisy, k, 1.0, edges), kernel_step(x, noisy, k, 1.0, edges, second_order=0.5)
+    )
+
+
+def test_marginal_em_passes_second_order_to_every_kernel_step_and_covariance_term(monkeypatch):
+    seen, step, trace = [], marginal.kernel_step, marginal.gradient_covariance_trace
+    monkeypatch.setattr(marginal, "kernel_step", lambda *a, **kw: seen.append(kw["second_order"]) or step(*a, **kw))
+    monkeypatch.setattr(marginal, "gradient_covariance_trace", lambda *a: seen.append(a[4]) or trace(*a))
+    y = blur(_blocks(40, 40), _motion_kernel(7), "valid")
+    marginal_em(y, GaussianPrior(), 7, init="large", iters=1, inner=1, finest_inner=1, second_order=0.5)
+    assert len(seen) > 2 and set(seen) == {0.5}  # the pyramid's steps and terms, and the polishing's
+    with pytest.raises(ValueError, match="second_order must be a finite number >= 0, got -1"):
+        marginal_em(y, GaussianPrior(), 7, second_order=-1)
+
+
 def test_select_edges_lowers_the_threshold_until_every_direction_has_its_share_by_brute_force():
     """Four bins of the gradient's direction, 45° apart (a gradient and its opposite one direction): the kept pixels
     are those at or above the highest score that leaves n/4 of them in every bin, so the weakest direction has its
@@ -224,6 +250,10 @@ def test_gradient_covariance_trace_matches_the_dense_formula():
     C = sigma**2 * torch.linalg.inv(H.T @ H / rho + torch.eye(n, dtype=torch.float64))
     dense = torch.trace(Dx @ C @ Dx.T) + torch.trace(Dy @ C @ Dy.T)
     assert gradient_covariance_trace(h, shape, sigma, rho) == pytest.approx(dense.item(), rel=1e-9)
+    # with the second differences at weight s (∂xy at s/2): the summed variance of every difference the step fits
+    s = 0.7
+    second = sum(w * torch.trace(D @ C @ D.T) for w, D in ((s, Dx @ Dx), (s, Dy @ Dy), (s / 2, Dy @ Dx)))
+    assert gradient_covariance_trace(h, shape, sigma, rho, s) == pytest.approx((dense + second).item(), rel=1e-9)
     # the no-blur kernel leaves x least uncertain: the term grows with the blur it has to undo
     wide = gradient_covariance_trace(gaussian_kernel(3, 2.0, torch.float64), shape, sigma, rho)
     assert gradient_covariance_trace(dirac(3, torch.float64), shape, sigma, rho) < dense.item() < wide
