@@ -5,9 +5,10 @@ no-blur Dirac kernel, the kernels of the ℓ0-gradient peer (Anger, Facciolo & D
 ``../shared/data/levin09/peer_l0_kernels/``, correlation orientation: flipped to true convolution here, as the
 Levin loader does), and two oracle fits: the EM engine's kernel step (:func:`lit_blind.marginal.kernel_step`,
 no covariance term) given the true sharp image (replicate-padded by 15 px to the valid domain) instead of an
-estimate, once with every gradient, once with the engine's edge selection and once with that selection counted in
-four bins of the gradient's direction (Cho & Lee's, ``edge_bins=4``) — the best kernel the blur model can fit to
-each capture, and what the edge selection alone costs. Methods: the ``results.jsonl`` of Levin runs
+estimate, once with every gradient, once with the engine's edge selection, once with that selection counted in
+four bins of the gradient's direction (Cho & Lee's, ``edge_bins=4``) and once with the selection fitting the first
+differences alone (``second_order=0``, the engine before the thirty-fifth session) — the best kernel the blur model
+can fit to each capture, and what the edge selection alone costs. Methods: the ``results.jsonl`` of Levin runs
 (``lit-blind test --config configs/benchmarks/levin09*.yaml``), given as ``LABEL=PATH[:INIT]``.
 
     python benchmarks/levin_compare.py --out docs/levin_error_ratios_all.png \\
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from lit_blind.data import LevinDataModule
 from lit_blind.io import data_path
 from lit_blind.kernels import dirac
-from lit_blind.marginal import EDGE_BINS, PRUNE_MASS, kernel_step
+from lit_blind.marginal import EDGE_BINS, PRUNE_MASS, SECOND_ORDER, kernel_step
 from lit_blind.metrics import error_ratio, kernel_error
 
 SHARED = data_path("../shared/data") / "levin09"
@@ -48,6 +49,7 @@ REFERENCES = {
     "oracle: kernel step on the true image, all gradients": oracle(edges=0),
     "oracle: kernel step on the true image, edge selection": oracle(),
     "oracle: kernel step on the true image, edge selection in four direction bins": oracle(edge_bins=4),
+    "oracle: kernel step on the true image, edge selection, first differences alone": oracle(second_order=0),
 }
 
 
@@ -89,7 +91,8 @@ def main() -> None:
     if not args.no_references:
         cache = Path(args.references)
         known = json.loads(cache.read_text()) if cache.is_file() else {}
-        engine = {"prune_mass": PRUNE_MASS, "edge_bins": EDGE_BINS}  # the kernel step's constants the oracles use
+        # the kernel step's constants the oracles use
+        engine = {"prune_mass": PRUNE_MASS, "edge_bins": EDGE_BINS, "second_order": SECOND_ORDER}
         if any(known.get(k) != v for k, v in engine.items()):  # fitted with another pruning or selection: again
             known = {k: v for k, v in known.items() if not k.startswith("oracle")} | engine
         missing = [label for label in REFERENCES if label not in known]

@@ -12,6 +12,7 @@ from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
     FINEST_INNER,
+    SECOND_ORDER,
     SIGMA_END_PER_NOISE,
     STARTS,
     e_step,
@@ -101,7 +102,7 @@ def test_kernel_step_with_second_differences_recovers_the_kernel_and_changes_the
     assert kernel_error(h, h_true) < 0.1
     noisy = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=D)
     assert not torch.allclose(
-        kernel_step(x, noisy, k, 1.0, edges), kernel_step(x, noisy, k, 1.0, edges, second_order=0.5)
+        kernel_step(x, noisy, k, 1.0, edges, second_order=0.0), kernel_step(x, noisy, k, 1.0, edges, second_order=0.5)
     )
 
 
@@ -218,8 +219,9 @@ def test_kernel_step_leaves_the_excluded_gradients_out(monkeypatch):
     equations = marginal.kernel_normal_equations
     monkeypatch.setattr(marginal, "kernel_normal_equations", lambda gs, ys, k: seen.append(gs) or equations(gs, ys, k))
     kept = kernel_step(x, y, 7, 1.0, edges=5, exclude=exclude)
-    gx, gy = seen[0]  # z's gradients as kept; y's pixel i lies under z's pixel i + 3
+    gx, gy, *second = seen[0]  # z's differences as kept; y's pixel i lies under z's pixel i + 3
     assert gx[..., 13:33, 8:28].abs().max() == 0 and gy[..., 13:33, 8:28].abs().max() == 0
+    assert len(second) == 3 and all(d[..., 14:32, 9:27].abs().max() == 0 for d in second)
     assert gx.abs().sum() > 0
     assert not torch.allclose(kept, kernel_step(x, y, 7, 1.0, edges=5))
     torch.testing.assert_close(
@@ -249,18 +251,19 @@ def test_gradient_covariance_trace_matches_the_dense_formula():
     Dy = (torch.roll(eye, -1, -2) - eye).reshape(n, n).T
     C = sigma**2 * torch.linalg.inv(H.T @ H / rho + torch.eye(n, dtype=torch.float64))
     dense = torch.trace(Dx @ C @ Dx.T) + torch.trace(Dy @ C @ Dy.T)
-    assert gradient_covariance_trace(h, shape, sigma, rho) == pytest.approx(dense.item(), rel=1e-9)
+    assert gradient_covariance_trace(h, shape, sigma, rho, 0.0) == pytest.approx(dense.item(), rel=1e-9)
     # with the second differences at weight s (∂xy at s/2): the summed variance of every difference the step fits
     s = 0.7
     second = sum(w * torch.trace(D @ C @ D.T) for w, D in ((s, Dx @ Dx), (s, Dy @ Dy), (s / 2, Dy @ Dx)))
     assert gradient_covariance_trace(h, shape, sigma, rho, s) == pytest.approx((dense + second).item(), rel=1e-9)
     # the no-blur kernel leaves x least uncertain: the term grows with the blur it has to undo
-    wide = gradient_covariance_trace(gaussian_kernel(3, 2.0, torch.float64), shape, sigma, rho)
-    assert gradient_covariance_trace(dirac(3, torch.float64), shape, sigma, rho) < dense.item() < wide
+    wide = gradient_covariance_trace(gaussian_kernel(3, 2.0, torch.float64), shape, sigma, rho, 0.0)
+    assert gradient_covariance_trace(dirac(3, torch.float64), shape, sigma, rho, 0.0) < dense.item() < wide
 
 
-def _dense_gradient_trace(h: torch.Tensor, shape: tuple[int, int], cov) -> float:
-    """tr(∇ C ∇ᵀ) with C = cov(HᵀH) built densely: circular blur by h (origin at its centre), forward differences."""
+def _dense_gradient_trace(h: torch.Tensor, shape: tuple[int, int], cov, second_order: float = SECOND_ORDER) -> float:
+    """tr(∇ C ∇ᵀ) with C = cov(HᵀH) built densely: circular blur by h (origin at its centre), forward differences,
+    and the second differences at ``second_order`` (∂xy at half of it), the engine's default."""
     n, k = shape[0] * shape[1], h.shape[-1]
     eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, *shape)
     hp = torch.zeros(shape, dtype=torch.float64)
@@ -270,7 +273,8 @@ def _dense_gradient_trace(h: torch.Tensor, shape: tuple[int, int], cov) -> float
     Dx = (torch.roll(eye, -1, -1) - eye).reshape(n, n).T
     Dy = (torch.roll(eye, -1, -2) - eye).reshape(n, n).T
     C = cov(H.T @ H)
-    return float(torch.trace(Dx @ C @ Dx.T) + torch.trace(Dy @ C @ Dy.T))
+    terms = ((1, Dx), (1, Dy), (second_order, Dx @ Dx), (second_order, Dy @ Dy), (second_order / 2, Dy @ Dx))
+    return float(sum(w * torch.trace(d @ C @ d.T) for w, d in terms))
 
 
 def test_hqs_covariance_is_the_exact_covariance_of_the_e_steps_gaussian():
