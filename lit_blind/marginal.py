@@ -219,11 +219,11 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   reading: the threshold keeps more gradients of the dominant directions, weak ones among them, and the data term
   grows against a covariance term that does not — a count of exactly ``edges`` × k per bin (screened, not kept) is
   less worse on the BSD68 photographs (mean ER 2.13), but still worse.
-* **Second differences** (thirty-fifth session, the default, ``second_order=0.5``): Cho & Lee's (2009) kernel step fits the second
-  differences of the image beside the first, ∂xx and ∂yy at half the first differences' weight and ∂xy at a quarter
-  (their ω = 25, 12.5, 6.25), here at the kept edge pixels of the first differences they are made of. In Fourier the
-  data term weights a kernel frequency ω by Σ_d |D_d(ω)|², ≈ |ω|² for the first differences, against the covariance
-  term's flat c‖h‖²: the fine structure of the kernel (a thin stroke against a blob of the same extent) is what the
+* **Second differences** (thirty-fifth session, the default, ``second_order=0.5``): Cho & Lee's (2009) kernel step
+  fits the second differences of the image beside the first, ∂xx and ∂yy at half the first differences' weight and
+  ∂xy at a quarter (their ω = 25, 12.5, 6.25), here at the kept edge pixels of the first differences they are made
+  of. In Fourier the data term weights a kernel frequency ω by Σ_d |D_d(ω)|², ≈ |ω|² for the first differences,
+  against the covariance term's flat c‖h‖²: the fine structure of the kernel (a thin stroke against a blob of the same extent) is what the
   data hold least; the second differences add ≈ |ω|⁴ there. They also see the ends of an edge's ramp, which the
   first differences at the kept (steepest) pixels miss: on the true image (im2_kernel6 blurred by its own kernel,
   σ_y = 0.003) the finest level's selection fits a kernel at kernel error 0.293 instead of 0.342 (0.109 and 0.097
