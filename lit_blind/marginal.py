@@ -223,8 +223,8 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   fits the second differences of the image beside the first, ∂xx and ∂yy at half the first differences' weight and
   ∂xy at a quarter (their ω = 25, 12.5, 6.25), here at the kept edge pixels of the first differences they are made
   of. In Fourier the data term weights a kernel frequency ω by Σ_d |D_d(ω)|², ≈ |ω|² for the first differences,
-  against the covariance term's flat c‖h‖²: the fine structure of the kernel (a thin stroke against a blob of the same extent) is what the
-  data hold least; the second differences add ≈ |ω|⁴ there. They also see the ends of an edge's ramp, which the
+  against the covariance term's flat c‖h‖²: the fine structure of the kernel (a thin stroke against a blob of the
+  same extent) is what the data hold least; the second differences add ≈ |ω|⁴ there. They also see the ends of an edge's ramp, which the
   first differences at the kept (steepest) pixels miss: on the true image (im2_kernel6 blurred by its own kernel,
   σ_y = 0.003) the finest level's selection fits a kernel at kernel error 0.293 instead of 0.342 (0.109 and 0.097
   with every gradient). The covariance term counts their variance too (:func:`gradient_covariance_trace`). Nothing
@@ -553,9 +553,9 @@ def kernel_step(
     r"""M-step: :math:`\min_{h\ge0} \sum_d \|\partial_d z \star h - \partial_d y\|^2 + \mathrm{reg}\|h\|^2`,
     z ``(1, 1, H + k − 1, W + k − 1)``, y ``(1, 1, H, W)``, then :func:`prune_kernel` (components below
     ``prune_mass`` of the mass dropped). Only the largest gradients of z enter (``edges`` = 0 keeps all):
-    ``edges`` · 4k of them with one bin of direction, at least ``edges`` · 4k/``edge_bins`` in each of ``edge_bins``
-    bins (:func:`select_edges`), ranked by their magnitude times :func:`edge_usefulness` of y over ``edge_window`` pixels (0: by the magnitude
-    alone, as Cho & Lee 2009); ``reg`` is the covariance trace over all gradient pixels, so with ``masked_cov`` it
+    ``edges`` · 4k of them with one bin of direction, at least ``edges`` · 4k/``edge_bins`` in each of
+    ``edge_bins`` bins (:func:`select_edges`), ranked by their magnitude times :func:`edge_usefulness` of y over
+    ``edge_window`` pixels (0: by the magnitude alone, as Cho & Lee 2009); ``reg`` is the covariance trace over all gradient pixels, so with ``masked_cov`` it
     is scaled by the kept fraction: a masked gradient carries the posterior variance of the kept pixels only
     (E‖mask ⊙ ∂x ⋆ h − ∂y‖² = ‖mask ⊙ ∂z ⋆ h − ∂y‖² + ‖h‖² Σ_kept var). With ``grad_var`` (the per-pixel variances of ∂_x z and ∂_y z, shaped as those
     gradients) ``reg`` is unused and each kernel entry m gets its own weight :math:`\sum_d \sum_i \mathrm{mask}_d(i+m)\,\mathrm{var}_d(i+m)` over the
@@ -569,7 +569,8 @@ def kernel_step(
     "Second differences"); ``reg`` then counts their variance too (:func:`gradient_covariance_trace`), ``grad_var``
     the first differences' only.
     Returns a (1, 1, k, k) kernel (true convolution)."""
-    gz = list(image_gradient(z))
+    zx, zy = image_gradient(z)
+    gz = [zx, zy]
     masks = [torch.ones_like(g) for g in gz]
     if edges > 0:
         mag = (gz[0][..., :-1, :] ** 2 + gz[1][..., :, :-1] ** 2).sqrt()
@@ -589,8 +590,7 @@ def kernel_step(
     gy = list(image_gradient(y))
     if second_order:  # Cho & Lee's second differences, ∂xx and ∂yy at second_order, ∂xy at half of it
         w = math.sqrt(second_order)
-        zx, zy = image_gradient(z)
-        yx, yy = image_gradient(y)
+        yx, yy = gy
         if edges > 0:
             kx = torch.maximum(keep[..., :, :-1], keep[..., :, 1:])
             ky = torch.maximum(keep[..., :-1, :], keep[..., 1:, :])
