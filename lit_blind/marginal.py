@@ -827,6 +827,7 @@ def marginal_em(
     window: int | str = "full",
     edge_bins: int = EDGE_BINS,
     second_order: float = SECOND_ORDER,
+    finest_second_order: float | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
     r"""Blind deconvolution by coarse-to-fine EM with the prior's denoiser (see the module docstring).
@@ -967,6 +968,7 @@ def marginal_em(
     check_positive("edges", edges, allow_zero=True)
     check_positive("finest_edges", finest_edges, allow_zero=True)
     so = check_positive("second_order", second_order, allow_zero=True)
+    fso = so if finest_second_order is None else check_positive("finest_second_order", finest_second_order, True)
     if check_positive("prune_mass", prune_mass, allow_zero=True) >= 1:
         raise ValueError(f"prune_mass must be in [0, 1) (a fraction of the kernel's mass), got {prune_mass!r}")
     if not isinstance(warm_image, bool):
@@ -1019,11 +1021,11 @@ def marginal_em(
     noise_gen = torch.Generator().manual_seed(0)
 
     def covariance_term(
-        h: Tensor, x: Tensor, xp: Tensor, sig: float, csig: float, evals: int, noise: float | None = None
+        h: Tensor, x: Tensor, xp: Tensor, sig: float, csig: float, evals: int, so: float, noise: float | None = None
     ) -> tuple[float, tuple | None, int]:
         """(c, the per-pixel gradient variances or None, evals) of the kernel step under h after an E-step at σ_t =
-        sig, the ``full``/``kept`` trace at the level csig (``polish_covariance``); ``noise``: the level's noise, for
-        ``hqs``."""
+        sig, the ``full``/``kept`` trace at the level csig (``polish_covariance``) with the second differences at
+        ``so``; ``noise``: the level's noise, for ``hqs``."""
         if covariance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
             noisy = xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device)
             gv = tweedie_gradient_variance(prior, noisy, sig)
@@ -1089,12 +1091,13 @@ def marginal_em(
                 sig = float(sigmas[li, t])
                 x, xp = _e_step(x, ys, h, prior, sig, rho, pairs)
                 evals += pairs
-                c, gv, evals = covariance_term(h, x, xp, sig, sig, evals, noise)
+                lso = fso if finest else so  # the second differences' weight at this level
+                c, gv, evals = covariance_term(h, x, xp, sig, sig, evals, lso, noise)
                 kept = covariance == "kept" or (finest and t >= iters - refine)  # the refinement (module docstring)
                 fit = xp if kernel_image == "hqs" else x  # the image the kernel step fits (module docstring, "M-step")
                 budget = finest_edges if finest else edges  # gradients kept by the kernel step (module docstring)
                 h = kernel_step(
-                    fit, ys, k, c, budget, kept, gv, edge_window, prune_mass, edge_bins=edge_bins, second_order=so
+                    fit, ys, k, c, budget, kept, gv, edge_window, prune_mass, edge_bins=edge_bins, second_order=lso
                 )
                 record(start, li, t, sig, c, x, ys, h, evals)
             scales.append((k, h.cpu()))
@@ -1116,7 +1119,7 @@ def marginal_em(
             if x is None or yr is y_whole:
                 x = final_pass(yr, h)
                 evals += sigmas.shape[1]
-            c, gv, evals = covariance_term(h, x, x, sig, csig, evals, sigma_y)
+            c, gv, evals = covariance_term(h, x, x, sig, csig, evals, fso, sigma_y)
             exclude = None  # the repeated texture of the image fitted (module docstring, "Repeated texture")
             if repetition:
                 exclude = edge_repetition(x[..., half:-half, half:-half], int(kernel_size)) > repetition
@@ -1133,7 +1136,7 @@ def marginal_em(
                 flanks=polish_flanks,
                 exclude=exclude,
                 edge_bins=edge_bins,
-                second_order=so,
+                second_order=fso,
             )
             polished.append(h.cpu())
             record(start, li, int(iters) + r, sig, c, x, yr, h, evals)
