@@ -374,6 +374,8 @@ EDGE_BINS = 1
 # the weight of the second differences beside the first in the kernel step (module docstring, "Second differences"):
 # Cho & Lee's; 0 fits Levin et al.'s first differences alone, as before the thirty-fifth session
 SECOND_ORDER = 0.5
+# their weight at the finest level and in the polishing (module docstring, "Second differences"); None: SECOND_ORDER's
+FINEST_SECOND_ORDER = None
 # window="auto" estimates the kernel on a window of this many kernel sizes a side, no smaller than WINDOW_MIN pixels, and
 # deconvolves the whole photograph under it (module docstring, "Large photographs")
 WINDOW_PER_KERNEL = 12
@@ -827,7 +829,7 @@ def marginal_em(
     window: int | str = "full",
     edge_bins: int = EDGE_BINS,
     second_order: float = SECOND_ORDER,
-    finest_second_order: float | None = None,
+    finest_second_order: float | None = FINEST_SECOND_ORDER,
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
     r"""Blind deconvolution by coarse-to-fine EM with the prior's denoiser (see the module docstring).
@@ -872,7 +874,8 @@ def marginal_em(
     counts (1: the ``edges`` · 4k highest whatever their direction; 4: Cho & Lee's, measured and left off; module
     docstring, "Edges of every direction"). ``second_order``: the weight of the second differences beside the first
     in every kernel step and covariance term (:func:`kernel_step`; 0: the first alone; module docstring, "Second
-    differences"). ``repetition``: the polishing's kernel steps leave out the gradients whose
+    differences"). ``finest_second_order``: their weight at the finest level and in the polishing rounds instead
+    (None: ``second_order``'s). ``repetition``: the polishing's kernel steps leave out the gradients whose
     :func:`edge_repetition` on the final pass's image exceeds it (module docstring, "Repeated texture"; 0: none, as
     before the twenty-ninth session). ``warm_image``: start each finer level's image from the coarser level's, upsampled,
     instead of from y (module docstring, "Coarse to fine": measured worse, so off). ``kernel_image``: the image the

@@ -117,6 +117,29 @@ def test_marginal_em_passes_second_order_to_every_kernel_step_and_covariance_ter
         marginal_em(y, GaussianPrior(), 7, second_order=-1)
 
 
+def test_marginal_em_gives_the_finest_level_and_the_polishing_their_own_second_order_weight(monkeypatch):
+    """finest_second_order: the finest level's (7×7) kernel steps and covariance terms and the polishing's take it,
+    the coarser levels' (5×5) second_order; None (the default) is second_order everywhere."""
+    seen, step, trace = [], marginal.kernel_step, marginal.gradient_covariance_trace
+    monkeypatch.setattr(
+        marginal, "kernel_step", lambda *a, **kw: seen.append((a[2], kw["second_order"])) or step(*a, **kw)
+    )
+    monkeypatch.setattr(
+        marginal, "gradient_covariance_trace", lambda *a: seen.append((a[0].shape[-1], a[4])) or trace(*a)
+    )
+    y = blur(_blocks(40, 40), _motion_kernel(7), "valid")
+    options = dict(init="large", iters=1, inner=1, finest_inner=1, polish=2, compare_after=1)
+    res = marginal_em(y, GaussianPrior(), 7, second_order=0.5, finest_second_order=0.0, **options)
+    assert len(res.history["polish"]) == 2 and {k for k, _ in seen} == {5, 7}
+    assert {w for k, w in seen if k == 5} == {0.5} and {w for k, w in seen if k == 7} == {0.0}
+    assert seen.count((7, 0.0)) == 2 * (1 + 2)  # the finest level's iteration and the two polishing rounds
+    seen.clear()
+    marginal_em(y, GaussianPrior(), 7, second_order=0.25, **options)
+    assert {w for _, w in seen} == {0.25}
+    with pytest.raises(ValueError, match="finest_second_order must be a finite number >= 0, got -0.5"):
+        marginal_em(y, GaussianPrior(), 7, finest_second_order=-0.5)
+
+
 def test_select_edges_lowers_the_threshold_until_every_direction_has_its_share_by_brute_force():
     """Four bins of the gradient's direction, 45° apart (a gradient and its opposite one direction): the kept pixels
     are those at or above the highest score that leaves n/4 of them in every bin, so the weakest direction has its
