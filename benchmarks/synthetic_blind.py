@@ -17,7 +17,7 @@ weights each kernel entry by the denoiser's per-pixel (Tweedie) variance of the 
     python benchmarks/synthetic_blind.py [--images test003 test012 ...] [--rows Tweedie default] [--iters 4]
         [--edge-window 0] [--noise 0.003] [--kernels motion] [--init small] [--finest-inner 2]
         [--finest-edges 20] [--attention global] [--polish 0] [--compare-after 3] [--polish-covariance denoiser] [--repetition 0]
-        [--precision 32-true] [--edge-bins 4] [--second-order 0.5] [--finest-second-order 0]
+        [--precision 32-true] [--edge-bins 4] [--second-order 0.5] [--polish-second-order 0.5]
 """
 
 from __future__ import annotations
@@ -193,10 +193,10 @@ def main() -> None:
         "Lee's)",
     )
     ap.add_argument(
-        "--finest-second-order",
+        "--polish-second-order",
         type=float,
         default=None,
-        help="their weight at the finest level and in the polishing (default: the engine's, --second-order's)",
+        help="their weight in the polishing rounds (default: the engine's, 0)",
     )
     args = ap.parse_args()
     if not 0 < args.noise <= SIGMA_Y_MAX:
@@ -210,7 +210,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
     # the engine options given on the command line; the others keep the engine's defaults
     passed = (
-        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision edge_bins second_order finest_second_order"
+        "iters edge_window sigma_end prune_mass refine finest_inner finest_edges attention polish polish_flanks compare_after polish_covariance repetition init precision edge_bins second_order polish_second_order"
     ).split()
     engine = {name: getattr(args, name) for name in passed if getattr(args, name) is not None}
     for n, name in enumerate(args.images):

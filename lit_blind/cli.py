@@ -226,12 +226,12 @@ def deblur_parser() -> argparse.ArgumentParser:
         "as before (default: 0.5)",
     )
     em_only.add_argument(
-        "--finest-second-order",
+        "--polish-second-order",
         type=float,
         default=None,
-        help="their weight at the finest level and in the polishing rounds, --second-order's at the coarser levels "
-        "(README, 'Second differences in the kernel step': 0 gives the lower kernel error on synthetic blur and camera "
-        "shake, fewer Levin successes); default: None, --second-order's at every level",
+        help="their weight in the polishing rounds' kernel steps (README, 'Second differences in the kernel step': "
+        "the first differences alone there keep the Levin results and lower the kernel error on noisy photos); "
+        "a negative value is an error (default: 0.0)",
     )
     em_only.add_argument(
         "--compare-after",
@@ -294,7 +294,7 @@ def deblur_main(argv: list[str]) -> int:
         for flag in ("--refine", "--polish", "--polish-flanks", "--compare-after"):
             if getattr(args, _dest(flag)) is not None and getattr(args, _dest(flag)) < 0:
                 raise ValueError(f"{flag} must be a non-negative integer, got {getattr(args, _dest(flag))}")
-        for flag in ("--second-order", "--finest-second-order"):
+        for flag in ("--second-order", "--polish-second-order"):
             value = getattr(args, _dest(flag))
             if value is not None and not 0 <= value < float("inf"):
                 raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
@@ -318,7 +318,7 @@ def deblur_main(argv: list[str]) -> int:
             "--polish-flanks",
             "--repetition",
             "--second-order",
-            "--finest-second-order",
+            "--polish-second-order",
             "--compare-after",
             "--window",
         )
@@ -504,7 +504,7 @@ def _deblur_em(args, y, prior, state: dict):
         "polish_flanks",
         "repetition",
         "second_order",
-        "finest_second_order",
+        "polish_second_order",
         "compare_after",
         "window",
     )
@@ -523,7 +523,7 @@ def _deblur_em(args, y, prior, state: dict):
         return marginal_em(
             y, prior, args.kernel_size, init=args.init, covariance=args.covariance, refine=args.refine, polish=args.polish,
             polish_covariance=args.polish_covariance, polish_flanks=args.polish_flanks, repetition=args.repetition,
-            second_order=args.second_order, finest_second_order=args.finest_second_order,
+            second_order=args.second_order, polish_second_order=args.polish_second_order,
             compare_after=args.compare_after, window=args.window, precision=args.precision, callback=progress,
             **noise,
         )  # fmt: skip

@@ -374,8 +374,8 @@ EDGE_BINS = 1
 # the weight of the second differences beside the first in the kernel step (module docstring, "Second differences"):
 # Cho & Lee's; 0 fits Levin et al.'s first differences alone, as before the thirty-fifth session
 SECOND_ORDER = 0.5
-# their weight at the finest level and in the polishing (module docstring, "Second differences"); None: SECOND_ORDER's
-FINEST_SECOND_ORDER = None
+# their weight in the polishing rounds (module docstring, "Second differences"): the first differences alone there
+POLISH_SECOND_ORDER = 0.0
 # window="auto" estimates the kernel on a window of this many kernel sizes a side, no smaller than WINDOW_MIN pixels, and
 # deconvolves the whole photograph under it (module docstring, "Large photographs")
 WINDOW_PER_KERNEL = 12
@@ -829,7 +829,7 @@ def marginal_em(
     window: int | str = "full",
     edge_bins: int = EDGE_BINS,
     second_order: float = SECOND_ORDER,
-    finest_second_order: float | None = FINEST_SECOND_ORDER,
+    polish_second_order: float | None = POLISH_SECOND_ORDER,
     callback: Callable[[dict], None] | None = None,
 ) -> DeblurResult:
     r"""Blind deconvolution by coarse-to-fine EM with the prior's denoiser (see the module docstring).
@@ -874,8 +874,8 @@ def marginal_em(
     counts (1: the ``edges`` · 4k highest whatever their direction; 4: Cho & Lee's, measured and left off; module
     docstring, "Edges of every direction"). ``second_order``: the weight of the second differences beside the first
     in every kernel step and covariance term (:func:`kernel_step`; 0: the first alone; module docstring, "Second
-    differences"). ``finest_second_order``: their weight at the finest level and in the polishing rounds instead
-    (None: ``second_order``'s). ``repetition``: the polishing's kernel steps leave out the gradients whose
+    differences"). ``polish_second_order``: their weight in the polishing rounds (None:
+    ``second_order``'s, as in the thirty-fifth session). ``repetition``: the polishing's kernel steps leave out the gradients whose
     :func:`edge_repetition` on the final pass's image exceeds it (module docstring, "Repeated texture"; 0: none, as
     before the twenty-ninth session). ``warm_image``: start each finer level's image from the coarser level's, upsampled,
     instead of from y (module docstring, "Coarse to fine": measured worse, so off). ``kernel_image``: the image the
@@ -971,7 +971,7 @@ def marginal_em(
     check_positive("edges", edges, allow_zero=True)
     check_positive("finest_edges", finest_edges, allow_zero=True)
     so = check_positive("second_order", second_order, allow_zero=True)
-    fso = so if finest_second_order is None else check_positive("finest_second_order", finest_second_order, True)
+    pso = so if polish_second_order is None else check_positive("polish_second_order", polish_second_order, True)
     if check_positive("prune_mass", prune_mass, allow_zero=True) >= 1:
         raise ValueError(f"prune_mass must be in [0, 1) (a fraction of the kernel's mass), got {prune_mass!r}")
     if not isinstance(warm_image, bool):
@@ -1094,13 +1094,12 @@ def marginal_em(
                 sig = float(sigmas[li, t])
                 x, xp = _e_step(x, ys, h, prior, sig, rho, pairs)
                 evals += pairs
-                lso = fso if finest else so  # the second differences' weight at this level
-                c, gv, evals = covariance_term(h, x, xp, sig, sig, evals, lso, noise)
+                c, gv, evals = covariance_term(h, x, xp, sig, sig, evals, so, noise)
                 kept = covariance == "kept" or (finest and t >= iters - refine)  # the refinement (module docstring)
                 fit = xp if kernel_image == "hqs" else x  # the image the kernel step fits (module docstring, "M-step")
                 budget = finest_edges if finest else edges  # gradients kept by the kernel step (module docstring)
                 h = kernel_step(
-                    fit, ys, k, c, budget, kept, gv, edge_window, prune_mass, edge_bins=edge_bins, second_order=lso
+                    fit, ys, k, c, budget, kept, gv, edge_window, prune_mass, edge_bins=edge_bins, second_order=so
                 )
                 record(start, li, t, sig, c, x, ys, h, evals)
             scales.append((k, h.cpu()))
@@ -1122,7 +1121,7 @@ def marginal_em(
             if x is None or yr is y_whole:
                 x = final_pass(yr, h)
                 evals += sigmas.shape[1]
-            c, gv, evals = covariance_term(h, x, x, sig, csig, evals, fso, sigma_y)
+            c, gv, evals = covariance_term(h, x, x, sig, csig, evals, pso, sigma_y)
             exclude = None  # the repeated texture of the image fitted (module docstring, "Repeated texture")
             if repetition:
                 exclude = edge_repetition(x[..., half:-half, half:-half], int(kernel_size)) > repetition
@@ -1139,7 +1138,7 @@ def marginal_em(
                 flanks=polish_flanks,
                 exclude=exclude,
                 edge_bins=edge_bins,
-                second_order=fso,
+                second_order=pso,
             )
             polished.append(h.cpu())
             record(start, li, int(iters) + r, sig, c, x, yr, h, evals)

@@ -22,9 +22,9 @@ from lit_blind.io import read_image, write_image
 from lit_blind.kernels import family
 from lit_blind.marginal import (
     COMPARE_AFTER,
-    FINEST_SECOND_ORDER,
     POLISH,
     POLISH_FLANKS,
+    POLISH_SECOND_ORDER,
     REFINE,
     REPETITION,
     SECOND_ORDER,
@@ -121,8 +121,8 @@ def test_deblur_help_shows_every_option_with_its_default(capsys):
         (["--algorithm", "drs", "--repetition", "0"], "--repetition applies to --algorithm em only"),
         (["--second-order", "-1"], "--second-order must be a finite number >= 0, got -1.0"),
         (["--algorithm", "drs", "--second-order", "0"], "--second-order applies to --algorithm em only"),
-        (["--finest-second-order", "-1"], "--finest-second-order must be a finite number >= 0, got -1.0"),
-        (["--algorithm", "drs", "--finest-second-order", "0"], "--finest-second-order applies to --algorithm em only"),
+        (["--polish-second-order", "-1"], "--polish-second-order must be a finite number >= 0, got -1.0"),
+        (["--algorithm", "drs", "--polish-second-order", "0"], "--polish-second-order applies to --algorithm em only"),
         (["--algorithm", "drs", "--compare-after", "1"], "--compare-after applies to --algorithm em only"),
         (["--window", "20"], "--window must be auto, full or a side of at least --kernel-size (31) pixels, got '20'"),
         (["--window", "half"], "--window must be auto, full or a side of at least --kernel-size (31) pixels"),
@@ -209,7 +209,7 @@ def test_deblur_em_rgb_photo_writes_a_complete_colour_result(tmp_path, capsys):
     assert result["score_evals"] > 0 and result["interrupted"] is False and result["image_size"] == [60, 52]
     help_text = " ".join(deblur_parser().format_help().split())
     names = ("covariance", "refine", "polish", "polish_covariance", "polish_flanks", "repetition", "compare_after")
-    for name in (*names, "second_order", "window", "precision"):
+    for name in (*names, "second_order", "polish_second_order", "window", "precision"):
         engine_default = inspect.signature(marginal_em).parameters[name].default
         assert result["settings"][name] == engine_default  # recorded from the engine, not a second default
         flag = name.replace("_", "-")
@@ -251,7 +251,7 @@ def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(lit_blind.marginal, "marginal_em", recording)
     args = ["deblur", str(photo), "--prior", "gaussian", "--kernel-size", "7", "--covariance", "hqs"]
     first = ["--sigma-y", "0.02", "--refine", "0", "--polish", "0", "--polish-flanks", "0", "--compare-after", "0"]
-    first += ["--repetition", "0", "--second-order", "0", "--finest-second-order", "0.25", "--window", "40"]
+    first += ["--repetition", "0", "--second-order", "0", "--polish-second-order", "0.25", "--window", "40"]
     assert main([*args, *first, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert [c["init"] for c in calls] == ["both", "both"]  # one engine call per run: it runs both starts itself
@@ -262,7 +262,7 @@ def test_deblur_sigma_y_reaches_the_em(photo, tmp_path, monkeypatch, capsys):
     assert calls[0]["compare_after"] == 0 and calls[1]["compare_after"] == COMPARE_AFTER  # and --compare-after
     assert calls[0]["repetition"] == 0 and calls[1]["repetition"] == REPETITION  # and --repetition
     assert calls[0]["second_order"] == 0 and calls[1]["second_order"] == SECOND_ORDER  # and --second-order
-    assert calls[0]["finest_second_order"] == 0.25 and calls[1]["finest_second_order"] == FINEST_SECOND_ORDER
+    assert calls[0]["polish_second_order"] == 0.25 and calls[1]["polish_second_order"] == POLISH_SECOND_ORDER
     assert calls[0]["window"] == 40 and calls[1]["window"] == "full"  # and --window
     result = json.loads((tmp_path / "a" / "result.json").read_text())
     assert result["em_window"][2:] == [40, 40]  # the part of the photo the kernel was estimated on

@@ -111,33 +111,39 @@ def test_marginal_em_passes_second_order_to_every_kernel_step_and_covariance_ter
     monkeypatch.setattr(marginal, "kernel_step", lambda *a, **kw: seen.append(kw["second_order"]) or step(*a, **kw))
     monkeypatch.setattr(marginal, "gradient_covariance_trace", lambda *a: seen.append(a[4]) or trace(*a))
     y = blur(_blocks(40, 40), _motion_kernel(7), "valid")
-    marginal_em(y, GaussianPrior(), 7, init="large", iters=1, inner=1, finest_inner=1, second_order=0.5)
+    marginal_em(
+        y,
+        GaussianPrior(),
+        7,
+        init="large",
+        iters=1,
+        inner=1,
+        finest_inner=1,
+        second_order=0.5,
+        polish_second_order=None,
+    )
     assert len(seen) > 2 and set(seen) == {0.5}  # the pyramid's steps and terms, and the polishing's
     with pytest.raises(ValueError, match="second_order must be a finite number >= 0, got -1"):
         marginal_em(y, GaussianPrior(), 7, second_order=-1)
 
 
-def test_marginal_em_gives_the_finest_level_and_the_polishing_their_own_second_order_weight(monkeypatch):
-    """finest_second_order: the finest level's (7×7) kernel steps and covariance terms and the polishing's take it,
-    the coarser levels' (5×5) second_order; None (the default) is second_order everywhere."""
+def test_marginal_em_gives_the_polishing_its_own_second_order_weight(monkeypatch):
+    """polish_second_order: the polishing rounds' kernel steps and covariance terms take it, every level of the
+    pyramid (finest included) second_order; None is second_order everywhere."""
     seen, step, trace = [], marginal.kernel_step, marginal.gradient_covariance_trace
-    monkeypatch.setattr(
-        marginal, "kernel_step", lambda *a, **kw: seen.append((a[2], kw["second_order"])) or step(*a, **kw)
-    )
-    monkeypatch.setattr(
-        marginal, "gradient_covariance_trace", lambda *a: seen.append((a[0].shape[-1], a[4])) or trace(*a)
-    )
+    monkeypatch.setattr(marginal, "kernel_step", lambda *a, **kw: seen.append(kw["second_order"]) or step(*a, **kw))
+    monkeypatch.setattr(marginal, "gradient_covariance_trace", lambda *a: seen.append(a[4]) or trace(*a))
     y = blur(_blocks(40, 40), _motion_kernel(7), "valid")
-    options = dict(init="large", iters=1, inner=1, finest_inner=1, polish=2, compare_after=1)
-    res = marginal_em(y, GaussianPrior(), 7, second_order=0.5, finest_second_order=0.0, **options)
-    assert len(res.history["polish"]) == 2 and {k for k, _ in seen} == {5, 7}
-    assert {w for k, w in seen if k == 5} == {0.5} and {w for k, w in seen if k == 7} == {0.0}
-    assert seen.count((7, 0.0)) == 2 * (1 + 2)  # the finest level's iteration and the two polishing rounds
+    options = dict(init="large", iters=1, inner=1, finest_inner=1, polish=2, compare_after=1, second_order=0.5)
+    res = marginal_em(y, GaussianPrior(), 7, polish_second_order=0.125, **options)
+    levels = len(res.history["scales"])  # one outer iteration each, then the two polishing rounds
+    assert levels == 3 and len(res.history["polish"]) == 2
+    assert seen == [0.5] * 2 * levels + [0.125] * 2 * 2  # a covariance term and a kernel step per iteration
     seen.clear()
-    marginal_em(y, GaussianPrior(), 7, second_order=0.25, **options)
-    assert {w for _, w in seen} == {0.25}
-    with pytest.raises(ValueError, match="finest_second_order must be a finite number >= 0, got -0.5"):
-        marginal_em(y, GaussianPrior(), 7, finest_second_order=-0.5)
+    marginal_em(y, GaussianPrior(), 7, polish_second_order=None, **options)
+    assert seen == [0.5] * 2 * (levels + 2)
+    with pytest.raises(ValueError, match="polish_second_order must be a finite number >= 0, got -0.5"):
+        marginal_em(y, GaussianPrior(), 7, polish_second_order=-0.5)
 
 
 def test_select_edges_lowers_the_threshold_until_every_direction_has_its_share_by_brute_force():
