@@ -220,18 +220,17 @@ def deblur_parser() -> argparse.ArgumentParser:
         "--second-order",
         type=float,
         default=None,
-        help="the weight of the second differences beside the first in the kernel step, Cho & Lee's (README, "
-        "'Second differences in the kernel step': better on the real Levin captures and under random camera shake, a "
-        "higher kernel error on synthetic blur at noise levels of 0.01 and more); 0 fits the first differences alone, "
-        "as before (default: 0.5)",
+        help="the weight of the second differences beside the first in the kernel steps of the pyramid, Cho & Lee's "
+        "(README, 'Second differences in the kernel step': better on the real Levin captures and under random camera "
+        "shake); 0 fits the first differences alone, as before the thirty-fifth session (default: 0.5)",
     )
     em_only.add_argument(
         "--polish-second-order",
         type=float,
         default=None,
         help="their weight in the polishing rounds' kernel steps (README, 'Second differences in the kernel step': "
-        "the first differences alone there keep the Levin results and lower the kernel error on noisy photos); "
-        "a negative value is an error (default: 0.0)",
+        "the first differences alone there keep the Levin results and lower the kernel error on noisy photos) "
+        "(default: 0.0)",
     )
     em_only.add_argument(
         "--compare-after",

@@ -240,7 +240,7 @@ The paper's Algorithms 1–2 minimise ℓ_y(x, θ) jointly and, on real blur, fa
   ``polish_second_order=0``): the loss at σ_y ≳ 0.01 comes from the polishing rounds, which fit the kernel on the
   final pass's image at the photograph's own noise level, at full resolution, where the second differences of y are
   mostly noise (their share of signal, 1 − N₂/E₂ with N₂ the same second differences of white noise at σ̂_y: 0.03–0.80
-  on the Levin captures, 0.04–0.28 on BSD68 at σ_y = 0.01–0.02, 0.9–1 at the coarse levels); the pyramid, whose
+  on the Levin captures, 0.02–0.28 on BSD68 at σ_y = 0.01–0.02, 0.9–1 at the coarse levels); the pyramid, whose
   resampling averages the noise and where the kernel's shape forms, keeps them. Nothing tuned (the split follows
   the reading; the weights are Cho & Lee's). Measured (README, "Second differences in the kernel step"): the
   Levin captures unchanged in count and mean ER, the kernel error at σ_y = 0.02 back to the first differences'
@@ -882,9 +882,9 @@ def marginal_em(
     the edges' flanks"). ``edge_bins``: the bins of the gradient's direction over which :func:`select_edges`
     counts (1: the ``edges`` · 4k highest whatever their direction; 4: Cho & Lee's, measured and left off; module
     docstring, "Edges of every direction"). ``second_order``: the weight of the second differences beside the first
-    in every kernel step and covariance term (:func:`kernel_step`; 0: the first alone; module docstring, "Second
-    differences"). ``polish_second_order``: their weight in the polishing rounds (None:
-    ``second_order``'s, as in the thirty-fifth session). ``repetition``: the polishing's kernel steps leave out the gradients whose
+    in the pyramid's kernel steps and covariance terms (:func:`kernel_step`; 0: the first alone; module docstring,
+    "Second differences"); ``polish_second_order``: theirs in the polishing rounds (None: ``second_order``'s, as in
+    the thirty-fifth session). ``repetition``: the polishing's kernel steps leave out the gradients whose
     :func:`edge_repetition` on the final pass's image exceeds it (module docstring, "Repeated texture"; 0: none, as
     before the twenty-ninth session). ``warm_image``: start each finer level's image from the coarser level's, upsampled,
     instead of from y (module docstring, "Coarse to fine": measured worse, so off). ``kernel_image``: the image the
@@ -1033,20 +1033,20 @@ def marginal_em(
     noise_gen = torch.Generator().manual_seed(0)
 
     def covariance_term(
-        h: Tensor, x: Tensor, xp: Tensor, sig: float, csig: float, evals: int, so: float, noise: float | None = None
+        h: Tensor, x: Tensor, xp: Tensor, sig: float, csig: float, evals: int, weight: float, noise: float | None = None
     ) -> tuple[float, tuple | None, int]:
         """(c, the per-pixel gradient variances or None, evals) of the kernel step under h after an E-step at σ_t =
         sig, the ``full``/``kept`` trace at the level csig (``polish_covariance``) with the second differences at
-        ``so``; ``noise``: the level's noise, for ``hqs``."""
+        ``weight``; ``noise``: the level's noise, for ``hqs``."""
         if covariance == "tweedie":  # at an input of the denoiser's noise level (module docstring)
             noisy = xp + sig * torch.randn(xp.shape, generator=noise_gen, dtype=xp.dtype).to(xp.device)
             gv = tweedie_gradient_variance(prior, noisy, sig)
             return float(gv[0].sum() + gv[1].sum()), gv, evals + 2
         if covariance == "hqs":  # σ_y²(HᵀH + ρI)⁻¹ = (σ_y²/ρ)(HᵀH/ρ + I)⁻¹
-            return gradient_covariance_trace(h, tuple(x.shape[-2:]), noise / math.sqrt(rho), rho, so), None, evals
+            return gradient_covariance_trace(h, tuple(x.shape[-2:]), noise / math.sqrt(rho), rho, weight), None, evals
         if covariance == "none":
             return 0.0, None, evals
-        return gradient_covariance_trace(h, tuple(x.shape[-2:]), csig, rho, so), None, evals
+        return gradient_covariance_trace(h, tuple(x.shape[-2:]), csig, rho, weight), None, evals
 
     def final_pass(yc: Tensor, h: Tensor) -> Tensor:
         """A non-blind deconvolution of ``yc`` (channels as a batch) under h: x from yc, one HQS pair per σ of the
