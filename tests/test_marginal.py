@@ -12,6 +12,7 @@ from lit_blind import GaussianPrior, deblur
 from lit_blind.kernels import dirac, gaussian_kernel
 from lit_blind.marginal import (
     FINEST_INNER,
+    POLISH_SECOND_ORDER,
     SECOND_ORDER,
     SIGMA_END_PER_NOISE,
     STARTS,
@@ -852,7 +853,10 @@ def test_polishing_fits_the_kernel_to_the_final_pass_image(monkeypatch):
             x = e_step(x, y, h, GaussianPrior(), sigma, 0.1, 1)[0]
         torch.testing.assert_close(z, x, rtol=0, atol=1e-12)
         assert edges == 5 and not masked_cov
-        assert reg == pytest.approx(gradient_covariance_trace(h, tuple(x.shape[-2:]), sigmas[-1], 0.1), rel=1e-12)
+        shape = tuple(x.shape[-2:])  # the trace with the polishing's weight of the second differences
+        assert reg == pytest.approx(
+            gradient_covariance_trace(h, shape, sigmas[-1], 0.1, POLISH_SECOND_ORDER), rel=1e-12
+        )
         torch.testing.assert_close(kept, h_new, rtol=0, atol=0)
         h = h_new
     torch.testing.assert_close(res.kernel, h, rtol=0, atol=0)
