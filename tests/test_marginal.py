@@ -107,30 +107,9 @@ def test_kernel_step_with_second_differences_recovers_the_kernel_and_changes_the
     )
 
 
-def test_marginal_em_passes_second_order_to_every_kernel_step_and_covariance_term(monkeypatch):
-    seen, step, trace = [], marginal.kernel_step, marginal.gradient_covariance_trace
-    monkeypatch.setattr(marginal, "kernel_step", lambda *a, **kw: seen.append(kw["second_order"]) or step(*a, **kw))
-    monkeypatch.setattr(marginal, "gradient_covariance_trace", lambda *a: seen.append(a[4]) or trace(*a))
-    y = blur(_blocks(40, 40), _motion_kernel(7), "valid")
-    marginal_em(
-        y,
-        GaussianPrior(),
-        7,
-        init="large",
-        iters=1,
-        inner=1,
-        finest_inner=1,
-        second_order=0.5,
-        polish_second_order=None,
-    )
-    assert len(seen) > 2 and set(seen) == {0.5}  # the pyramid's steps and terms, and the polishing's
-    with pytest.raises(ValueError, match="second_order must be a finite number >= 0, got -1"):
-        marginal_em(y, GaussianPrior(), 7, second_order=-1)
-
-
-def test_marginal_em_gives_the_polishing_its_own_second_order_weight(monkeypatch):
-    """polish_second_order: the polishing rounds' kernel steps and covariance terms take it, every level of the
-    pyramid (finest included) second_order; None is second_order everywhere."""
+def test_marginal_em_passes_second_order_to_the_pyramid_and_polish_second_order_to_the_polishing(monkeypatch):
+    """second_order reaches every kernel step and covariance term of the pyramid (finest level included),
+    polish_second_order the polishing rounds'; None is second_order everywhere."""
     seen, step, trace = [], marginal.kernel_step, marginal.gradient_covariance_trace
     monkeypatch.setattr(marginal, "kernel_step", lambda *a, **kw: seen.append(kw["second_order"]) or step(*a, **kw))
     monkeypatch.setattr(marginal, "gradient_covariance_trace", lambda *a: seen.append(a[4]) or trace(*a))
@@ -145,6 +124,8 @@ def test_marginal_em_gives_the_polishing_its_own_second_order_weight(monkeypatch
     assert seen == [0.5] * 2 * (levels + 2)
     with pytest.raises(ValueError, match="polish_second_order must be a finite number >= 0, got -0.5"):
         marginal_em(y, GaussianPrior(), 7, polish_second_order=-0.5)
+    with pytest.raises(ValueError, match="second_order must be a finite number >= 0, got -1"):
+        marginal_em(y, GaussianPrior(), 7, second_order=-1)
 
 
 def test_select_edges_lowers_the_threshold_until_every_direction_has_its_share_by_brute_force():
