@@ -8,7 +8,8 @@ setting at its default (``--prune-mass``: the kernel step's pruning, in the engi
 ``--refine``: the engine's refining kernel steps at the end; ``--finest-inner``: its E-step pairs at the finest
 level; ``--finest-edges``: the gradients its kernel step keeps there; ``--polish``: its kernel steps on the final
 pass's image). Printed per image: the error ratio and
-kernel error after the first and after the last outer iteration, and the kernel step on the true sharp image
+kernel error after the first and after the last outer iteration (the last polishing round's kernel, the one the
+engine returns, when ``--polish`` > 0), and the kernel step on the true sharp image
 (the oracle of ``benchmarks/levin_compare.py``, edge selection on). If the iteration leaves the truth, the
 coarse-to-fine path is not what limits the default there: its fixed point does. Rows are appended to ``--out``
 (JSON lines) and images already there are skipped, so two processes can share a run:
@@ -140,7 +141,9 @@ def main() -> None:
     end = "the engine's default" if args.sigma_end is None else args.sigma_end
     print(f"\n{len(rows)} captures, covariance {args.covariance}, prior {args.prior}, sigma_end {end}")
     print("| started at the true kernel | ER ≤ 3 | mean ER | median ER | kernel error |\n|---|---|---|---|---|")
-    for key, label in (("first", "after 1 iteration"), ("last", f"after {DEFAULTS['iters']}"), ("oracle", "oracle")):
+    rounds = f" and {args.polish} polishing rounds" if args.polish else ""  # the returned kernel is the last round's
+    last = f"after {DEFAULTS['iters']}{rounds}"
+    for key, label in (("first", "after 1 iteration"), ("last", last), ("oracle", "oracle")):
         er = [r[key]["error_ratio"] for r in rows]
         ke = statistics.mean(r[key]["kernel_error"] for r in rows)
         print(
