@@ -142,8 +142,11 @@ def main() -> None:
     print(f"\n{len(rows)} captures, covariance {args.covariance}, prior {args.prior}, sigma_end {end}")
     print("| started at the true kernel | ER ≤ 3 | mean ER | median ER | kernel error |\n|---|---|---|---|---|")
     rounds = f" and {args.polish} polishing rounds" if args.polish else ""  # the returned kernel is the last round's
-    last = f"after {DEFAULTS['iters']}{rounds}"
-    for key, label in (("first", "after 1 iteration"), ("last", last), ("oracle", "oracle")):
+    for key, label in (
+        ("first", "after 1 iteration"),
+        ("last", f"after {DEFAULTS['iters']}{rounds}"),
+        ("oracle", "oracle"),
+    ):
         er = [r[key]["error_ratio"] for r in rows]
         ke = statistics.mean(r[key]["kernel_error"] for r in rows)
         print(
